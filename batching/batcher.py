@@ -1,0 +1,506 @@
+"""The dynamic batcher: one queue, one forming task, one device thread, one future per item.
+
+Callers `submit` items with a cost (token length) and a deadline; the batcher groups them into
+batches, runs `prepare` (collation) on a preparation thread and `run` (the forward pass) on the
+device thread, and hands each item's result or error back to its caller.
+
+When a batch closes:
+- at once when the queued items fill it: `max_size` items, or `max_tokens` padded tokens
+  (items x longest), whichever comes first. Neither bound is ever exceeded.
+- on an idle device, when the oldest item has waited `window_s` and at least `min_size` items
+  are queued, or when it has waited twice the window whatever the count (nothing waits forever).
+- on an idle device in adaptive mode, earlier, once `min_size` items are queued and the
+  measured arrival rate says no further item is expected before the window runs out (so a
+  lone request is not taxed the whole window).
+While the device is busy the queue fills on its own: the next full batch is prepared while the
+current one runs (exactly one runs at a time), and a partial batch goes when the device frees.
+
+Which items: the oldest queued item always goes in the next batch, then items passed over by an
+earlier batch for longer than the window, then items of similar length (least padding first).
+Items whose deadline passed or whose caller went away are dropped and never reach `run`.
+
+Failures: if `run` raises, the batch is split in halves and each retried, down to single items,
+so only the failing item's caller gets the error. An out-of-memory error (as `is_oom` says) also
+halves the token budget for `oom_cooldown_s`. Results are set only on futures not already done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from batching.arrivals import ArrivalRate
+from batching.config import BatchConfig
+from batching.errors import (
+    BatcherClosedError,
+    BatchOutputError,
+    DeadlineExceededError,
+    ItemTooLargeError,
+    QueueFullError,
+)
+from batching.grouping import select_batch
+
+logger = logging.getLogger(__name__)
+
+ItemT = TypeVar("ItemT")
+PreparedT = TypeVar("PreparedT")
+ResultT = TypeVar("ResultT")
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """Figures of one forward pass, reported to the observer on the event loop."""
+
+    size: int
+    padded_tokens: int
+    real_tokens: int
+    queue_s: tuple[float, ...]
+    wait_s: float
+    inference_s: float
+
+    @property
+    def padding_ratio(self) -> float:
+        """Share of the padded tokens that are padding."""
+        return 1.0 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
+class BatchObserver:
+    """Receives the batcher's figures; this base ignores them."""
+
+    def on_batch(self, stats: BatchStats) -> None:
+        """Called after each successful forward pass."""
+
+    def on_reject(self, reason: str, count: int) -> None:
+        """Called when `count` items are refused or dropped (queue_full, deadline, cancelled)."""
+
+
+@dataclass(eq=False)
+class _Entry(Generic[ItemT, ResultT]):
+    item: ItemT
+    cost: int
+    deadline: float | None
+    enqueued_at: float
+    future: asyncio.Future[ResultT]
+    seq: int
+    passed_over_at: float | None = None
+    # Read by the device thread, written on the loop: a plain bool flag is enough.
+    dropped: bool = False
+
+
+@dataclass
+class _Dispatch:
+    wait_s: float
+    observe_from: float | None
+    dispatched_at: float
+
+
+class Batcher(Generic[ItemT, PreparedT, ResultT]):
+    """Dynamic batcher; see the module docstring for the dispatch rules.
+
+    Args:
+        prepare: collates items into the batch function's input; runs on the preparation thread.
+        run: the forward pass, returning one result per prepared item; runs on the device thread.
+        config: the batching bounds.
+        observer: receives per-batch figures and rejections.
+        is_oom: tells whether an exception from `run` is an out-of-memory error.
+        run_executor: the single thread that owns the device (one is created when omitted).
+        clock: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        prepare: Callable[[Sequence[ItemT]], PreparedT],
+        run: Callable[[PreparedT], Sequence[ResultT]],
+        config: BatchConfig,
+        *,
+        observer: BatchObserver | None = None,
+        is_oom: Callable[[BaseException], bool] | None = None,
+        run_executor: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._prepare = prepare
+        self._run = run
+        self.config = config
+        self._observer = observer or BatchObserver()
+        self._is_oom = is_oom or (lambda _exc: False)
+        self._owns_run_executor = run_executor is None
+        self._run_executor = run_executor or ThreadPoolExecutor(1, thread_name_prefix="batch-run")
+        self._prepare_executor = ThreadPoolExecutor(1, thread_name_prefix="batch-prepare")
+        self._clock = clock
+        self._pending: OrderedDict[int, _Entry[ItemT, ResultT]] = OrderedDict()
+        self._seq = itertools.count()
+        self._arrivals = ArrivalRate()
+        self._drain_per_s = 0.0
+        self._inflight = 0
+        self._idle_since = clock()
+        self._oom_until = -math.inf
+        self._oom_budget = config.max_tokens
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+        self._former: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def queue_depth(self) -> int:
+        """Items queued and not yet in a batch."""
+        return len(self._pending)
+
+    @property
+    def inflight_batches(self) -> int:
+        """Batches dispatched and not finished (one running, at most one prepared behind it)."""
+        return self._inflight
+
+    @property
+    def drain_rate_per_s(self) -> float:
+        """Measured items per second the device completes under load."""
+        return self._drain_per_s
+
+    def token_budget(self, now: float | None = None) -> int:
+        """Padded tokens allowed per batch now (lower for a while after out-of-memory)."""
+        now = self._clock() if now is None else now
+        return self._oom_budget if now < self._oom_until else self.config.max_tokens
+
+    async def start(self) -> None:
+        """Start the forming task."""
+        if self._former is None:
+            self._former = asyncio.create_task(self._form_loop(), name="batcher-former")
+
+    async def submit(
+        self, items: Sequence[ItemT], costs: Sequence[int], *, deadline: float | None = None
+    ) -> list[ResultT]:
+        """Queue `items` and return their results in order.
+
+        Args:
+            items: the request's items; all are accepted or none.
+            costs: per-item cost (token length), at most `config.max_tokens` each.
+            deadline: monotonic time by which results are needed.
+
+        Raises:
+            QueueFullError: the queue cannot take the items now.
+            DeadlineExceededError: the deadline passed first.
+            BatcherClosedError: the batcher is draining or stopped.
+            ItemTooLargeError: an item could never fit in a batch.
+        """
+        if self._closed:
+            raise BatcherClosedError("the batcher is not accepting work")
+        if len(items) != len(costs):
+            raise ValueError("items and costs differ in length")
+        if not items:
+            return []
+        for cost in costs:
+            if not 0 < cost <= self.config.max_tokens:
+                raise ItemTooLargeError(
+                    f"item cost {cost} outside 1..{self.config.max_tokens} tokens"
+                )
+        now = self._clock()
+        if len(self._pending) + len(items) > self.config.queue_max:
+            self._observer.on_reject("queue_full", len(items))
+            raise QueueFullError(
+                f"queue holds {len(self._pending)} of {self.config.queue_max} items",
+                retry_after_s=self._retry_after_s(len(items)),
+            )
+        if deadline is not None and deadline <= now:
+            self._observer.on_reject("deadline", len(items))
+            raise DeadlineExceededError("the deadline passed before the request was queued")
+
+        loop = asyncio.get_running_loop()
+        entries = [
+            _Entry(item, cost, deadline, now, loop.create_future(), next(self._seq))
+            for item, cost in zip(items, costs, strict=True)
+        ]
+        for entry in entries:
+            self._pending[entry.seq] = entry
+        self._arrivals.record(now, len(entries))
+        self._idle.clear()
+        self._wakeup.set()
+        try:
+            async with asyncio.timeout(None if deadline is None else deadline - now):
+                return list(await asyncio.gather(*(entry.future for entry in entries)))
+        except TimeoutError:
+            self._abandon(entries, "deadline")
+            raise DeadlineExceededError("the deadline passed before the result was ready") from None
+        except asyncio.CancelledError:
+            self._abandon(entries, "cancelled")
+            raise
+        except DeadlineExceededError:
+            self._abandon(entries, "deadline")
+            raise
+        except BaseException:
+            self._abandon(entries, None)
+            raise
+
+    def close(self) -> None:
+        """Refuse new submissions; queued and running work carries on."""
+        self._closed = True
+
+    async def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until nothing is queued or running; False if `timeout_s` ran out first."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Stop forming batches and fail what is still queued with BatcherClosedError."""
+        self._closed = True
+        tasks = [t for t in (self._former, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._former = None
+        for entry in self._pending.values():
+            entry.dropped = True
+            if not entry.future.done():
+                entry.future.set_exception(BatcherClosedError("the batcher stopped"))
+        self._pending.clear()
+        self._idle.set()
+        self._prepare_executor.shutdown(wait=False, cancel_futures=True)
+        if self._owns_run_executor:
+            self._run_executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- forming ---------------------------------------------------------------------------
+
+    async def _form_loop(self) -> None:
+        while True:
+            self._wakeup.clear()
+            wait_s = self._try_dispatch(self._clock())
+            if wait_s == 0.0:
+                continue
+            try:
+                async with asyncio.timeout(None if math.isinf(wait_s) else wait_s):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+
+    def _try_dispatch(self, now: float) -> float:
+        """Dispatch a batch if one should go now; else return how long to wait (inf: for news)."""
+        self._drop_stale_head(now)
+        if not self._pending or self._inflight >= 2:
+            return math.inf
+        config = self.config
+        budget = self.token_budget(now)
+        entries = list(self._pending.values())
+        oldest = entries[0]
+        might_fill = (
+            len(entries) >= config.max_size or len(entries) * max(e.cost for e in entries) > budget
+        )
+        if self._inflight:
+            # Busy device: only a full batch goes now, prepared while the current one runs.
+            if might_fill and self._dispatch(entries, now, budget, full_only=True):
+                return 0.0
+            return math.inf
+        waited = now - oldest.enqueued_at
+        enough = len(entries) >= config.min_size
+        if (
+            might_fill
+            or (enough and waited >= config.window_s)
+            or waited >= 2 * config.window_s
+            or (
+                enough
+                and config.adaptive
+                and self._arrivals.expected(config.window_s - waited) < 1.0
+            )
+        ):
+            self._dispatch(entries, now, budget, full_only=False)
+            return 0.0
+        return (config.window_s if enough else 2 * config.window_s) - waited
+
+    def _dispatch(
+        self, entries: list[_Entry[ItemT, ResultT]], now: float, budget: int, *, full_only: bool
+    ) -> bool:
+        live = []
+        for entry in entries:
+            if entry.deadline is not None and entry.deadline <= now:
+                self._expire(entry)
+            else:
+                live.append(entry)
+        if not live:
+            self._update_idle()
+            return False
+        overdue_at = now - self.config.window_s
+        priority = [live[0]] + [
+            e for e in live[1:] if e.passed_over_at is not None and e.passed_over_at <= overdue_at
+        ]
+        chosen_set = {e.seq for e in priority}
+        candidates = priority + [e for e in live if e.seq not in chosen_set]
+        selection = select_batch(
+            [e.cost for e in candidates],
+            len(priority),
+            max_size=self.config.max_size,
+            max_tokens=budget,
+        )
+        if full_only and not selection.full:
+            return False
+        batch = [candidates[i] for i in selection.indices]
+        for entry in batch:
+            del self._pending[entry.seq]
+        for entry in self._pending.values():
+            if entry.passed_over_at is None:
+                entry.passed_over_at = now
+        idle = self._inflight == 0
+        start = max(live[0].enqueued_at, self._idle_since)
+        self._inflight += 1
+        dispatch = _Dispatch(
+            wait_s=now - start if idle else 0.0,
+            observe_from=start if idle and self.config.adaptive else None,
+            dispatched_at=now,
+        )
+        task = asyncio.create_task(self._process(batch, dispatch), name="batcher-batch")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    def _drop_stale_head(self, now: float) -> None:
+        while self._pending:
+            entry = next(iter(self._pending.values()))
+            if entry.future.done():
+                del self._pending[entry.seq]
+            elif entry.deadline is not None and entry.deadline <= now:
+                self._expire(entry)
+            else:
+                return
+        self._update_idle()
+
+    def _expire(self, entry: _Entry[ItemT, ResultT]) -> None:
+        self._pending.pop(entry.seq, None)
+        entry.dropped = True
+        if not entry.future.done():
+            entry.future.set_exception(DeadlineExceededError("the deadline passed while queued"))
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def _process(self, batch: list[_Entry[ItemT, ResultT]], dispatch: _Dispatch) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+            prepared: PreparedT | None
+            try:
+                prepared = await loop.run_in_executor(
+                    self._prepare_executor, self._prepare, [e.item for e in batch]
+                )
+            except Exception:
+                # Collation failed: the device thread prepares again, half by half if need be.
+                prepared = None
+            await self._execute(batch, prepared, dispatch)
+        finally:
+            self._inflight -= 1
+            done = self._clock()
+            if dispatch.observe_from is not None:
+                end = min(done, dispatch.observe_from + self.config.window_s)
+                self._arrivals.observe(dispatch.observe_from, end)
+            if self._inflight == 0:
+                self._idle_since = done
+            self._update_idle()
+            self._wakeup.set()
+
+    async def _execute(
+        self,
+        batch: list[_Entry[ItemT, ResultT]],
+        prepared: PreparedT | None,
+        dispatch: _Dispatch,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            live, results, elapsed = await loop.run_in_executor(
+                self._run_executor, self._run_in_thread, batch, prepared
+            )
+        except Exception as exc:
+            await self._isolate(batch, exc, dispatch)
+            return
+        if not live:
+            return
+        if len(results) != len(live):
+            error = BatchOutputError(
+                f"batch function returned {len(results)} results for {len(live)} items"
+            )
+            for entry in live:
+                if not entry.future.done():
+                    entry.future.set_exception(error)
+            return
+        for entry, result in zip(live, results, strict=True):
+            if not entry.future.done():
+                entry.future.set_result(result)
+        size = len(live)
+        self._drain_per_s += 0.3 * (size / max(elapsed, 1e-6) - self._drain_per_s)
+        self._observer.on_batch(
+            BatchStats(
+                size=size,
+                padded_tokens=size * max(e.cost for e in live),
+                real_tokens=sum(e.cost for e in live),
+                queue_s=tuple(dispatch.dispatched_at - e.enqueued_at for e in live),
+                wait_s=dispatch.wait_s,
+                inference_s=elapsed,
+            )
+        )
+
+    def _run_in_thread(
+        self, batch: list[_Entry[ItemT, ResultT]], prepared: PreparedT | None
+    ) -> tuple[list[_Entry[ItemT, ResultT]], Sequence[ResultT], float]:
+        live = [e for e in batch if not e.dropped]
+        if not live:
+            return live, [], 0.0
+        if prepared is None or len(live) != len(batch):
+            prepared = self._prepare([e.item for e in live])
+        started = self._clock()
+        results = self._run(prepared)
+        return live, results, self._clock() - started
+
+    async def _isolate(
+        self, batch: list[_Entry[ItemT, ResultT]], exc: Exception, dispatch: _Dispatch
+    ) -> None:
+        if self._is_oom(exc):
+            padded = len(batch) * max(e.cost for e in batch)
+            self._oom_budget = max(1, min(self.token_budget(), padded) // 2)
+            self._oom_until = self._clock() + self.config.oom_cooldown_s
+            logger.warning(
+                "out of memory on %d padded tokens; budget now %d", padded, self._oom_budget
+            )
+        live = [e for e in batch if not e.dropped and not e.future.done()]
+        if len(live) <= 1:
+            for entry in live:
+                entry.future.set_exception(exc)
+            return
+        logger.debug("batch of %d failed (%s); retrying halves", len(live), type(exc).__name__)
+        middle = len(live) // 2
+        for half in (live[:middle], live[middle:]):
+            await self._execute(half, None, dispatch)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _abandon(self, entries: list[_Entry[ItemT, ResultT]], reason: str | None) -> None:
+        count = 0
+        for entry in entries:
+            future = entry.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                continue
+            count += 1
+            entry.dropped = True
+            self._pending.pop(entry.seq, None)
+            if not future.done():
+                future.cancel()
+        if reason is not None and count:
+            self._observer.on_reject(reason, count)
+        self._update_idle()
+
+    def _update_idle(self) -> None:
+        if not self._pending and self._inflight == 0:
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    def _retry_after_s(self, incoming: int) -> float:
+        excess = len(self._pending) + incoming - self.config.queue_max
+        if self._drain_per_s <= 0:
+            return 1.0
+        return max(1.0, excess / self._drain_per_s)

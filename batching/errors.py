@@ -1,0 +1,39 @@
+"""Errors raised by the batcher; HTTP-agnostic, mapped to status codes by the sidecar.
+
+BatchingError
+ ├── QueueFullError          the queue holds QUEUE_MAX items; carries retry_after_s
+ ├── DeadlineExceededError   the item's deadline passed before its result was ready
+ ├── BatcherClosedError      the batcher is draining or stopped
+ ├── ItemTooLargeError       one item's cost exceeds the per-batch token budget
+ └── BatchOutputError        the batch function returned the wrong number of results
+"""
+
+from __future__ import annotations
+
+
+class BatchingError(Exception):
+    """Base class of every error the batcher raises."""
+
+
+class QueueFullError(BatchingError):
+    """The queue cannot take the submitted items now."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(BatchingError):
+    """The deadline passed before the result was ready."""
+
+
+class BatcherClosedError(BatchingError):
+    """The batcher accepts no new work (draining or stopped)."""
+
+
+class ItemTooLargeError(BatchingError):
+    """An item's cost alone exceeds the batch token budget, so no batch can hold it."""
+
+
+class BatchOutputError(BatchingError):
+    """The batch function returned a result count that differs from its input count."""

@@ -1,0 +1,386 @@
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from batching import (
+    BatchConfig,
+    Batcher,
+    BatcherClosedError,
+    BatchObserver,
+    BatchOutputError,
+    BatchStats,
+    DeadlineExceededError,
+    ItemTooLargeError,
+    QueueFullError,
+)
+
+
+@dataclass
+class Recorder(BatchObserver):
+    batches: list[BatchStats] = field(default_factory=list)
+    rejects: dict[str, int] = field(default_factory=dict)
+
+    def on_batch(self, stats: BatchStats) -> None:
+        self.batches.append(stats)
+
+    def on_reject(self, reason: str, count: int) -> None:
+        self.rejects[reason] = self.rejects.get(reason, 0) + count
+
+
+@dataclass
+class Device:
+    """A batch function that records what it saw; `gate` holds a run until a test opens it."""
+
+    seen: list[list[int]] = field(default_factory=list)
+    gate: threading.Event = field(default_factory=threading.Event)
+    entered: threading.Event = field(default_factory=threading.Event)
+    poison: int | None = None
+    delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.gate.set()
+
+    def prepare(self, items: Sequence[int]) -> list[int]:
+        return list(items)
+
+    def run(self, batch: list[int]) -> list[int]:
+        self.seen.append(batch)
+        self.entered.set()
+        self.gate.wait(10)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.poison is not None and self.poison in batch:
+            raise RuntimeError("poisoned item")
+        return [item * 2 for item in batch]
+
+
+def make(
+    device: Device, recorder: Recorder | None = None, **config: object
+) -> Batcher[int, list[int], int]:
+    return Batcher(
+        device.prepare,
+        device.run,
+        BatchConfig(**config),  # type: ignore[arg-type]
+        observer=recorder,
+    )
+
+
+@pytest.fixture
+async def started() -> AsyncIterator[Callable[[Batcher[int, list[int], int]], None]]:
+    batchers: list[Batcher[int, list[int], int]] = []
+
+    def register(batcher: Batcher[int, list[int], int]) -> None:
+        batchers.append(batcher)
+
+    yield register
+    for batcher in batchers:
+        await batcher.stop()
+
+
+async def wait_entered(device: Device) -> None:
+    assert await asyncio.to_thread(device.entered.wait, 5)
+    device.entered.clear()
+
+
+async def test_queue_full_rejects_exactly_the_excess_quickly(started) -> None:
+    device, recorder = Device(), Recorder()
+    device.gate.clear()
+    queue_max, extra = 8, 5
+    batcher = make(device, recorder, queue_max=queue_max, max_size=64, window_s=0.0)
+    started(batcher)
+    await batcher.start()
+    busy = asyncio.create_task(batcher.submit([1], [4]))
+    await wait_entered(device)  # the model is busy with that item
+    queued = [asyncio.create_task(batcher.submit([i], [4])) for i in range(queue_max)]
+    await asyncio.sleep(0)
+    assert batcher.queue_depth == queue_max
+    rejections = 0
+    for i in range(extra):
+        started_at = time.monotonic()
+        with pytest.raises(QueueFullError) as info:
+            await batcher.submit([100 + i], [4])
+        assert time.monotonic() - started_at < 0.05
+        assert info.value.retry_after_s >= 1.0
+        rejections += 1
+    assert rejections == extra
+    assert recorder.rejects == {"queue_full": extra}
+    device.gate.set()
+    assert await busy == [2]
+    assert await asyncio.gather(*queued) == [[2 * i] for i in range(queue_max)]
+
+
+async def test_results_return_to_the_right_caller_in_order(started) -> None:
+    device = Device()
+    batcher = make(device, max_size=32, max_tokens=4096, queue_max=20_000, window_s=0.002)
+    started(batcher)
+    await batcher.start()
+    rng = random.Random(7)
+    requests = []
+    next_item = 0
+    while next_item < 10_000:
+        size = rng.randint(1, 8)
+        items = list(range(next_item, min(next_item + size, 10_000)))
+        next_item += len(items)
+        requests.append(items)
+
+    async def client(items: list[int]) -> None:
+        await asyncio.sleep(rng.random() * 0.05)
+        costs = [rng.randint(1, 128) for _ in items]
+        assert await batcher.submit(items, costs) == [2 * i for i in items]
+
+    await asyncio.gather(*(client(items) for items in requests))
+    assert sorted(i for batch in device.seen for i in batch) == list(range(10_000))
+
+
+async def test_bounds_hold_under_random_arrivals(started) -> None:
+    rng = random.Random(3)
+    for trial in range(5):
+        max_size, max_tokens = rng.randint(1, 16), rng.randint(256, 2048)
+        costs: dict[int, int] = {}
+        device = Device(delay_s=0.001)
+        batcher = make(
+            device, max_size=max_size, max_tokens=max_tokens, window_s=rng.choice([0.0, 0.005])
+        )
+        started(batcher)
+        await batcher.start()
+
+        async def client(base: int) -> None:
+            for k in range(10):
+                await asyncio.sleep(rng.random() * 0.004)
+                items = [base * 100 + k * 10 + j for j in range(rng.randint(1, 4))]
+                for item in items:
+                    costs[item] = rng.randint(1, 256)
+                await batcher.submit(items, [costs[i] for i in items])
+
+        await asyncio.gather(*(client(trial * 1000 + c) for c in range(12)))
+        for batch in device.seen:
+            assert len(batch) <= max_size
+            assert len(batch) * max(costs[i] for i in batch) <= max_tokens
+
+
+async def test_lone_request_skips_the_window_in_adaptive_mode(started) -> None:
+    device, recorder = Device(), Recorder()
+    batcher = make(device, recorder, window_s=0.2, adaptive=True)
+    started(batcher)
+    await batcher.start()
+    for _ in range(3):
+        started_at = time.monotonic()
+        assert await batcher.submit([1], [4]) == [2]
+        assert time.monotonic() - started_at < 0.05
+    assert all(stats.wait_s < 0.05 for stats in recorder.batches)
+
+
+async def test_lone_request_waits_the_window_in_fixed_mode(started) -> None:
+    device, recorder = Device(), Recorder()
+    batcher = make(device, recorder, window_s=0.05, adaptive=False)
+    started(batcher)
+    await batcher.start()
+    started_at = time.monotonic()
+    assert await batcher.submit([1], [4]) == [2]
+    elapsed = time.monotonic() - started_at
+    assert 0.05 <= elapsed < 0.2
+    assert recorder.batches[0].wait_s >= 0.05
+
+
+async def test_burst_of_max_size_goes_as_one_batch(started) -> None:
+    device = Device()
+    batcher = make(device, max_size=16, window_s=0.05, adaptive=False)
+    started(batcher)
+    await batcher.start()
+    started_at = time.monotonic()
+    results = await asyncio.gather(*(batcher.submit([i], [8]) for i in range(16)))
+    assert time.monotonic() - started_at < 0.05  # full: no window wait
+    assert results == [[2 * i] for i in range(16)]
+    assert len(device.seen) == 1 and sorted(device.seen[0]) == list(range(16))
+
+
+async def test_min_size_holds_until_twice_the_window(started) -> None:
+    device = Device()
+    batcher = make(device, max_size=8, min_size=4, window_s=0.03, adaptive=True)
+    started(batcher)
+    await batcher.start()
+    started_at = time.monotonic()
+    assert await batcher.submit([5], [4]) == [10]
+    assert time.monotonic() - started_at >= 0.06
+
+
+async def test_expired_item_never_reaches_the_model(started) -> None:
+    device, recorder = Device(), Recorder()
+    device.gate.clear()
+    batcher = make(device, recorder, max_size=64, window_s=0.0)
+    started(batcher)
+    await batcher.start()
+    busy = asyncio.create_task(batcher.submit([1], [4]))
+    await wait_entered(device)
+    with pytest.raises(DeadlineExceededError):
+        await batcher.submit([99], [4], deadline=time.monotonic() + 0.05)
+    device.gate.set()
+    await busy
+    assert await batcher.submit([3], [4]) == [6]
+    assert all(99 not in batch for batch in device.seen)
+    assert recorder.rejects == {"deadline": 1}
+
+
+async def test_cancelled_caller_items_never_reach_the_model(started) -> None:
+    device, recorder = Device(), Recorder()
+    device.gate.clear()
+    batcher = make(device, recorder, max_size=64, window_s=0.0)
+    started(batcher)
+    await batcher.start()
+    busy = asyncio.create_task(batcher.submit([1], [4]))
+    await wait_entered(device)
+    gone = asyncio.create_task(batcher.submit([7, 8, 9], [4, 4, 4]))
+    await asyncio.sleep(0)
+    assert batcher.queue_depth == 3
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert batcher.queue_depth == 0
+    device.gate.set()
+    await busy
+    assert await batcher.submit([3], [4]) == [6]
+    assert all(not {7, 8, 9} & set(batch) for batch in device.seen)
+    assert recorder.rejects == {"cancelled": 3}
+
+
+async def test_poisoned_item_fails_alone(started) -> None:
+    device = Device(poison=13)
+    device.gate.clear()
+    batcher = make(device, max_size=16, window_s=0.0)
+    started(batcher)
+    await batcher.start()
+    first = asyncio.create_task(batcher.submit([0], [4]))
+    await wait_entered(device)
+    others = [asyncio.create_task(batcher.submit([i], [4])) for i in range(1, 16)]
+    await asyncio.sleep(0)
+    device.gate.set()
+    await first
+    results = await asyncio.gather(*others, return_exceptions=True)
+    for i, result in zip(range(1, 16), results, strict=True):
+        if i == 13:
+            assert isinstance(result, RuntimeError)
+        else:
+            assert result == [2 * i]
+
+
+async def test_oom_halves_the_token_budget(started) -> None:
+    class OutOfMemory(RuntimeError):
+        pass
+
+    calls: list[int] = []
+
+    def run(batch: list[int]) -> list[int]:
+        calls.append(len(batch))
+        if len(batch) > 2:
+            raise OutOfMemory("out of memory")
+        return batch
+
+    batcher: Batcher[int, list[int], int] = Batcher(
+        list, run, BatchConfig(max_size=8, max_tokens=1000, window_s=0.0),
+        is_oom=lambda exc: isinstance(exc, OutOfMemory),
+    )
+    started(batcher)
+    await batcher.start()
+    results = await batcher.submit(list(range(8)), [100] * 8)
+    assert results == list(range(8))
+    assert batcher.token_budget() < 1000
+
+
+async def test_wrong_result_count_is_an_error(started) -> None:
+    batcher: Batcher[int, list[int], int] = Batcher(
+        list, lambda batch: batch[:-1], BatchConfig(window_s=0.0)
+    )
+    started(batcher)
+    await batcher.start()
+    with pytest.raises(BatchOutputError):
+        await batcher.submit([1, 2], [4, 4])
+
+
+async def test_oversized_item_is_refused(started) -> None:
+    batcher = make(Device(), max_tokens=64)
+    started(batcher)
+    await batcher.start()
+    with pytest.raises(ItemTooLargeError):
+        await batcher.submit([1], [65])
+
+
+async def test_next_batch_is_prepared_while_one_runs(started) -> None:
+    device = Device()
+    device.gate.clear()
+    prepared_while_running = threading.Event()
+
+    def prepare(items: Sequence[int]) -> list[int]:
+        if device.entered.is_set():
+            prepared_while_running.set()
+        return list(items)
+
+    batcher: Batcher[int, list[int], int] = Batcher(
+        prepare, device.run, BatchConfig(max_size=2, window_s=0.0)
+    )
+    started(batcher)
+    await batcher.start()
+    first = asyncio.create_task(batcher.submit([1, 2], [4, 4]))
+    assert await asyncio.to_thread(device.entered.wait, 5)
+    second = asyncio.create_task(batcher.submit([3, 4], [4, 4]))
+    assert await asyncio.to_thread(prepared_while_running.wait, 5)
+    assert batcher.inflight_batches == 2
+    assert len(device.seen) == 1  # one forward pass at a time
+    device.gate.set()
+    assert await first == [2, 4]
+    assert await second == [6, 8]
+
+
+async def test_passed_over_item_goes_within_the_window(started) -> None:
+    device = Device()
+    device.gate.clear()
+    batcher = make(device, max_size=2, window_s=0.01, adaptive=False)
+    started(batcher)
+    await batcher.start()
+    first = asyncio.create_task(batcher.submit([0], [4]))
+    await wait_entered(device)
+    long_item = asyncio.create_task(batcher.submit([1000], [200]))
+    await asyncio.sleep(0)
+    shorts = [asyncio.create_task(batcher.submit([i], [4])) for i in range(1, 40)]
+    await asyncio.sleep(0.03)  # the long item is the oldest: it goes in the next batch
+    device.gate.set()
+    await asyncio.gather(first, long_item, *shorts)
+    position = next(n for n, batch in enumerate(device.seen) if 1000 in batch)
+    assert position <= 2
+
+
+async def test_drain_finishes_accepted_work_and_refuses_new(started) -> None:
+    device = Device(delay_s=0.02)
+    batcher = make(device, max_size=4, window_s=0.0)
+    started(batcher)
+    await batcher.start()
+    accepted = [asyncio.create_task(batcher.submit([i], [4])) for i in range(10)]
+    await asyncio.sleep(0)
+    batcher.close()
+    with pytest.raises(BatcherClosedError):
+        await batcher.submit([1], [4])
+    assert await batcher.wait_idle(5)
+    assert await asyncio.gather(*accepted) == [[2 * i] for i in range(10)]
+
+
+async def test_stop_fails_queued_items(started) -> None:
+    device = Device()
+    device.gate.clear()
+    batcher = make(device, max_size=64, window_s=0.0)
+    await batcher.start()
+    busy = asyncio.create_task(batcher.submit([1], [4]))
+    await wait_entered(device)
+    queued = asyncio.create_task(batcher.submit([2], [4]))
+    await asyncio.sleep(0)
+    await batcher.stop()
+    with pytest.raises(BatcherClosedError):
+        await queued
+    device.gate.set()
+    busy.cancel()
+    await asyncio.gather(busy, return_exceptions=True)
