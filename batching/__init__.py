@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batching.batcher import Batcher, BatchObserver, BatchStats
+from batching.batcher import Batcher
 from batching.config import BatchConfig
 from batching.errors import (
     BatcherClosedError,
@@ -13,6 +13,7 @@ from batching.errors import (
     QueueFullError,
 )
 from batching.grouping import Selection, select_batch
+from batching.observer import BatchObserver, BatchStats
 
 __all__ = [
     "BatchConfig",

@@ -31,7 +31,6 @@ import itertools
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,53 +45,14 @@ from batching.errors import (
     ItemTooLargeError,
     QueueFullError,
 )
-from batching.grouping import select_batch
+from batching.observer import BatchObserver, BatchStats
+from batching.queue import Entry, ItemQueue
 
 logger = logging.getLogger(__name__)
 
 ItemT = TypeVar("ItemT")
 PreparedT = TypeVar("PreparedT")
 ResultT = TypeVar("ResultT")
-
-
-@dataclass(frozen=True)
-class BatchStats:
-    """Figures of one forward pass, reported to the observer on the event loop."""
-
-    size: int
-    padded_tokens: int
-    real_tokens: int
-    queue_s: tuple[float, ...]
-    wait_s: float
-    inference_s: float
-
-    @property
-    def padding_ratio(self) -> float:
-        """Share of the padded tokens that are padding."""
-        return 1.0 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
-
-
-class BatchObserver:
-    """Receives the batcher's figures; this base ignores them."""
-
-    def on_batch(self, stats: BatchStats) -> None:
-        """Called after each successful forward pass."""
-
-    def on_reject(self, reason: str, count: int) -> None:
-        """Called when `count` items are refused or dropped (queue_full, deadline, cancelled)."""
-
-
-@dataclass(eq=False)
-class _Entry(Generic[ItemT, ResultT]):
-    item: ItemT
-    cost: int
-    deadline: float | None
-    enqueued_at: float
-    future: asyncio.Future[ResultT]
-    seq: int
-    passed_over_at: float | None = None
-    # Read by the device thread, written on the loop: a plain bool flag is enough.
-    dropped: bool = False
 
 
 @dataclass
@@ -135,7 +95,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         self._run_executor = run_executor or ThreadPoolExecutor(1, thread_name_prefix="batch-run")
         self._prepare_executor = ThreadPoolExecutor(1, thread_name_prefix="batch-prepare")
         self._clock = clock
-        self._pending: OrderedDict[int, _Entry[ItemT, ResultT]] = OrderedDict()
+        self._queue: ItemQueue[ItemT, ResultT] = ItemQueue()
         self._seq = itertools.count()
         self._arrivals = ArrivalRate()
         self._drain_per_s = 0.0
@@ -153,7 +113,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
     @property
     def queue_depth(self) -> int:
         """Items queued and not yet in a batch."""
-        return len(self._pending)
+        return len(self._queue)
 
     @property
     def inflight_batches(self) -> int:
@@ -203,10 +163,10 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
                     f"item cost {cost} outside 1..{self.config.max_tokens} tokens"
                 )
         now = self._clock()
-        if len(self._pending) + len(items) > self.config.queue_max:
+        if len(self._queue) + len(items) > self.config.queue_max:
             self._observer.on_reject("queue_full", len(items))
             raise QueueFullError(
-                f"queue holds {len(self._pending)} of {self.config.queue_max} items",
+                f"queue holds {len(self._queue)} of {self.config.queue_max} items",
                 retry_after_s=self._retry_after_s(len(items)),
             )
         if deadline is not None and deadline <= now:
@@ -215,11 +175,10 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
 
         loop = asyncio.get_running_loop()
         entries = [
-            _Entry(item, cost, deadline, now, loop.create_future(), next(self._seq))
+            Entry(item, cost, deadline, now, loop.create_future(), next(self._seq))
             for item, cost in zip(items, costs, strict=True)
         ]
-        for entry in entries:
-            self._pending[entry.seq] = entry
+        self._queue.add(entries)
         self._arrivals.record(now, len(entries))
         self._idle.clear()
         self._wakeup.set()
@@ -260,11 +219,10 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._former = None
-        for entry in self._pending.values():
+        for entry in self._queue.clear():
             entry.dropped = True
             if not entry.future.done():
                 entry.future.set_exception(BatcherClosedError("the batcher stopped"))
-        self._pending.clear()
         self._idle.set()
         self._prepare_executor.shutdown(wait=False, cancel_futures=True)
         if self._owns_run_executor:
@@ -286,23 +244,20 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
 
     def _try_dispatch(self, now: float) -> float:
         """Dispatch a batch if one should go now; else return how long to wait (inf: for news)."""
-        self._drop_stale_head(now)
-        if not self._pending or self._inflight >= 2:
+        oldest = self._queue.oldest(now)
+        self._update_idle()
+        if oldest is None or self._inflight >= 2:
             return math.inf
-        config = self.config
+        config, queued = self.config, len(self._queue)
         budget = self.token_budget(now)
-        entries = list(self._pending.values())
-        oldest = entries[0]
-        might_fill = (
-            len(entries) >= config.max_size or len(entries) * max(e.cost for e in entries) > budget
-        )
+        might_fill = queued >= config.max_size or queued * self._queue.largest_cost() > budget
         if self._inflight:
             # Busy device: only a full batch goes now, prepared while the current one runs.
-            if might_fill and self._dispatch(entries, now, budget, full_only=True):
+            if might_fill and self._dispatch(now, budget, full_only=True):
                 return 0.0
             return math.inf
         waited = now - oldest.enqueued_at
-        enough = len(entries) >= config.min_size
+        enough = queued >= config.min_size
         if (
             might_fill
             or (enough and waited >= config.window_s)
@@ -313,48 +268,28 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
                 and self._arrivals.expected(config.window_s - waited) < 1.0
             )
         ):
-            self._dispatch(entries, now, budget, full_only=False)
+            self._dispatch(now, budget, full_only=False)
             return 0.0
         return (config.window_s if enough else 2 * config.window_s) - waited
 
-    def _dispatch(
-        self, entries: list[_Entry[ItemT, ResultT]], now: float, budget: int, *, full_only: bool
-    ) -> bool:
-        live = []
-        for entry in entries:
-            if entry.deadline is not None and entry.deadline <= now:
-                self._expire(entry)
-            else:
-                live.append(entry)
-        if not live:
+    def _dispatch(self, now: float, budget: int, *, full_only: bool) -> bool:
+        config = self.config
+        batch = self._queue.take(
+            now,
+            window_s=config.window_s,
+            max_size=config.max_size,
+            max_tokens=budget,
+            full_only=full_only,
+        )
+        if not batch:
             self._update_idle()
             return False
-        overdue_at = now - self.config.window_s
-        priority = [live[0]] + [
-            e for e in live[1:] if e.passed_over_at is not None and e.passed_over_at <= overdue_at
-        ]
-        chosen_set = {e.seq for e in priority}
-        candidates = priority + [e for e in live if e.seq not in chosen_set]
-        selection = select_batch(
-            [e.cost for e in candidates],
-            len(priority),
-            max_size=self.config.max_size,
-            max_tokens=budget,
-        )
-        if full_only and not selection.full:
-            return False
-        batch = [candidates[i] for i in selection.indices]
-        for entry in batch:
-            del self._pending[entry.seq]
-        for entry in self._pending.values():
-            if entry.passed_over_at is None:
-                entry.passed_over_at = now
         idle = self._inflight == 0
-        start = max(live[0].enqueued_at, self._idle_since)
+        start = max(batch[0].enqueued_at, self._idle_since)
         self._inflight += 1
         dispatch = _Dispatch(
             wait_s=now - start if idle else 0.0,
-            observe_from=start if idle and self.config.adaptive else None,
+            observe_from=start if idle and config.adaptive else None,
             dispatched_at=now,
         )
         task = asyncio.create_task(self._process(batch, dispatch), name="batcher-batch")
@@ -362,26 +297,9 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         task.add_done_callback(self._tasks.discard)
         return True
 
-    def _drop_stale_head(self, now: float) -> None:
-        while self._pending:
-            entry = next(iter(self._pending.values()))
-            if entry.future.done():
-                del self._pending[entry.seq]
-            elif entry.deadline is not None and entry.deadline <= now:
-                self._expire(entry)
-            else:
-                return
-        self._update_idle()
-
-    def _expire(self, entry: _Entry[ItemT, ResultT]) -> None:
-        self._pending.pop(entry.seq, None)
-        entry.dropped = True
-        if not entry.future.done():
-            entry.future.set_exception(DeadlineExceededError("the deadline passed while queued"))
-
     # -- running -----------------------------------------------------------------------------
 
-    async def _process(self, batch: list[_Entry[ItemT, ResultT]], dispatch: _Dispatch) -> None:
+    async def _process(self, batch: list[Entry[ItemT, ResultT]], dispatch: _Dispatch) -> None:
         try:
             loop = asyncio.get_running_loop()
             prepared: PreparedT | None
@@ -406,7 +324,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
 
     async def _execute(
         self,
-        batch: list[_Entry[ItemT, ResultT]],
+        batch: list[Entry[ItemT, ResultT]],
         prepared: PreparedT | None,
         dispatch: _Dispatch,
     ) -> None:
@@ -445,8 +363,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         )
 
     def _run_in_thread(
-        self, batch: list[_Entry[ItemT, ResultT]], prepared: PreparedT | None
-    ) -> tuple[list[_Entry[ItemT, ResultT]], Sequence[ResultT], float]:
+        self, batch: list[Entry[ItemT, ResultT]], prepared: PreparedT | None
+    ) -> tuple[list[Entry[ItemT, ResultT]], Sequence[ResultT], float]:
         live = [e for e in batch if not e.dropped]
         if not live:
             return live, [], 0.0
@@ -457,7 +375,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         return live, results, self._clock() - started
 
     async def _isolate(
-        self, batch: list[_Entry[ItemT, ResultT]], exc: Exception, dispatch: _Dispatch
+        self, batch: list[Entry[ItemT, ResultT]], exc: Exception, dispatch: _Dispatch
     ) -> None:
         if self._is_oom(exc):
             padded = len(batch) * max(e.cost for e in batch)
@@ -478,7 +396,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
 
     # -- bookkeeping -------------------------------------------------------------------------
 
-    def _abandon(self, entries: list[_Entry[ItemT, ResultT]], reason: str | None) -> None:
+    def _abandon(self, entries: list[Entry[ItemT, ResultT]], reason: str | None) -> None:
         count = 0
         for entry in entries:
             future = entry.future
@@ -486,7 +404,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
                 continue
             count += 1
             entry.dropped = True
-            self._pending.pop(entry.seq, None)
+            self._queue.discard(entry)
             if not future.done():
                 future.cancel()
         if reason is not None and count:
@@ -494,13 +412,13 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         self._update_idle()
 
     def _update_idle(self) -> None:
-        if not self._pending and self._inflight == 0:
+        if not self._queue and self._inflight == 0:
             self._idle.set()
         else:
             self._idle.clear()
 
     def _retry_after_s(self, incoming: int) -> float:
-        excess = len(self._pending) + incoming - self.config.queue_max
+        excess = len(self._queue) + incoming - self.config.queue_max
         if self._drain_per_s <= 0:
             return 1.0
         return max(1.0, excess / self._drain_per_s)

@@ -283,7 +283,9 @@ async def test_oom_halves_the_token_budget(started) -> None:
         return batch
 
     batcher: Batcher[int, list[int], int] = Batcher(
-        list, run, BatchConfig(max_size=8, max_tokens=1000, window_s=0.0),
+        list,
+        run,
+        BatchConfig(max_size=8, max_tokens=1000, window_s=0.0),
         is_oom=lambda exc: isinstance(exc, OutOfMemory),
     )
     started(batcher)

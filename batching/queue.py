@@ -1,0 +1,112 @@
+"""Items waiting for a batch, oldest first, and the choice of the next batch among them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from batching.errors import DeadlineExceededError
+from batching.grouping import select_batch
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+
+@dataclass(eq=False)
+class Entry(Generic[ItemT, ResultT]):
+    """One queued item and the future its caller awaits."""
+
+    item: ItemT
+    cost: int
+    deadline: float | None
+    enqueued_at: float
+    future: asyncio.Future[ResultT]
+    seq: int
+    passed_over_at: float | None = None
+    # Read by the device thread, written on the loop: a plain bool flag is enough.
+    dropped: bool = False
+
+
+class ItemQueue(Generic[ItemT, ResultT]):
+    """Queued entries in arrival order, with O(1) removal of any of them."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[int, Entry[ItemT, ResultT]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Entry[ItemT, ResultT]]:
+        return iter(self._entries.values())
+
+    def add(self, entries: Iterable[Entry[ItemT, ResultT]]) -> None:
+        for entry in entries:
+            self._entries[entry.seq] = entry
+
+    def discard(self, entry: Entry[ItemT, ResultT]) -> None:
+        self._entries.pop(entry.seq, None)
+
+    def clear(self) -> list[Entry[ItemT, ResultT]]:
+        """Remove and return every entry."""
+        entries = list(self._entries.values())
+        self._entries.clear()
+        return entries
+
+    def oldest(self, now: float) -> Entry[ItemT, ResultT] | None:
+        """The oldest live entry, after dropping abandoned or expired ones ahead of it."""
+        while self._entries:
+            entry = next(iter(self._entries.values()))
+            if entry.future.done():
+                del self._entries[entry.seq]
+            elif entry.deadline is not None and entry.deadline <= now:
+                self._expire(entry)
+            else:
+                return entry
+        return None
+
+    def largest_cost(self) -> int:
+        return max((e.cost for e in self._entries.values()), default=0)
+
+    def take(
+        self, now: float, *, window_s: float, max_size: int, max_tokens: int, full_only: bool
+    ) -> list[Entry[ItemT, ResultT]]:
+        """Remove and return the next batch; empty when `full_only` and no full batch exists.
+
+        The oldest entry goes first, then entries passed over for longer than `window_s`, then
+        the least padding (`select_batch`). Entries left behind are marked passed over.
+        """
+        live = []
+        for entry in list(self._entries.values()):
+            if entry.deadline is not None and entry.deadline <= now:
+                self._expire(entry)
+            elif not entry.future.done():
+                live.append(entry)
+        if not live:
+            return []
+        overdue_at = now - window_s
+        priority = [live[0]] + [
+            e for e in live[1:] if e.passed_over_at is not None and e.passed_over_at <= overdue_at
+        ]
+        first = {e.seq for e in priority}
+        candidates = priority + [e for e in live if e.seq not in first]
+        selection = select_batch(
+            [e.cost for e in candidates], len(priority), max_size=max_size, max_tokens=max_tokens
+        )
+        if full_only and not selection.full:
+            return []
+        batch = [candidates[i] for i in selection.indices]
+        for entry in batch:
+            del self._entries[entry.seq]
+        for entry in self._entries.values():
+            if entry.passed_over_at is None:
+                entry.passed_over_at = now
+        return batch
+
+    def _expire(self, entry: Entry[ItemT, ResultT]) -> None:
+        self.discard(entry)
+        entry.dropped = True
+        if not entry.future.done():
+            entry.future.set_exception(DeadlineExceededError("the deadline passed while queued"))
