@@ -1,0 +1,281 @@
+"""Streaming of safetensors data to a device in large concurrent reads.
+
+The idea is the Run:ai model streamer's: once every header is validated, each file's data region is
+split into file-contiguous chunks of `chunk_bytes`, regardless of tensor boundaries, and a thread
+pool reads them with `os.preadv` (which releases the GIL, so reads overlap). Each file's data region
+lands in one owned uint8 allocation on the target device; tensors are typed views of their bytes.
+
+On CPU the chunks are read straight into that allocation, with no copy. On CUDA they are read into a
+fixed pool of pinned host buffers and copied to the device on a side stream, so that reads overlap
+with copies; a buffer is refilled only once the event recorded after its last copy has completed.
+Either way, returned tensors never alias a buffer that is reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from loaders.errors import DuplicateTensorError, TruncatedFileError, WeightsReadError
+from loaders.header import DTYPES, SafetensorsHeader, TensorInfo, read_header_fd
+
+__all__ = ["LoadStats", "ReadChunk", "load_weights", "plan_chunks"]
+
+logger = logging.getLogger(__name__)
+
+_DEBUG_EVERY = 0.1  # fraction of the bytes between two DEBUG progress lines
+
+
+@dataclass(frozen=True)
+class LoadStats:
+    """Figures of one weight load."""
+
+    num_bytes: int
+    seconds: float
+    num_tensors: int
+    num_files: int
+
+    @property
+    def gbps(self) -> float:
+        """Throughput in gigabytes (1e9 bytes) per second."""
+        return self.num_bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ReadChunk:
+    """One read: `length` bytes of file `file_index`, starting at absolute offset `offset`."""
+
+    file_index: int
+    offset: int
+    length: int
+
+
+def plan_chunks(regions: Sequence[tuple[int, int]], chunk_bytes: int) -> list[ReadChunk]:
+    """Split data regions into file-contiguous reads of at most `chunk_bytes`.
+
+    Args:
+        regions: per file, the `(start, end)` byte range of its data region.
+        chunk_bytes: the largest read.
+
+    Returns:
+        Reads that cover every region exactly once, in file then offset order.
+    """
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
+    return [
+        ReadChunk(file_index=index, offset=offset, length=min(chunk_bytes, end - offset))
+        for index, (start, end) in enumerate(regions)
+        for offset in range(start, end, chunk_bytes)
+    ]
+
+
+def load_weights(
+    files: Sequence[Path],
+    *,
+    device: torch.device | str = "cpu",
+    num_threads: int = 4,
+    chunk_bytes: int = 16 << 20,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], LoadStats]:
+    """Load every tensor of safetensors files onto a device.
+
+    All headers are validated before any data is read, so a bad file fails fast.
+
+    Args:
+        files: safetensors files, e.g. the shards of one checkpoint.
+        device: where the tensors go.
+        num_threads: concurrent reads.
+        chunk_bytes: size of one read (and of one pinned staging buffer on CUDA).
+        progress: called as `progress(bytes_done, bytes_total)` after each chunk, always from the
+            calling thread.
+
+    Returns:
+        The tensors by name, in the files' dtypes, and the load figures.
+
+    Raises:
+        CorruptWeightsError: a file is not valid safetensors, or a name is in two files.
+        WeightsReadError: a file cannot be opened or read.
+    """
+    if num_threads < 1 or chunk_bytes < 1:
+        raise ValueError(f"num_threads and chunk_bytes must be >= 1: {num_threads}, {chunk_bytes}")
+    target = torch.device(device)
+    if target.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be a cpu or cuda device, got {target}")
+    paths = [Path(file) for file in files]
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        fds = [_open(path, stack) for path in paths]
+        headers = [read_header_fd(fd, path) for fd, path in zip(fds, paths, strict=True)]
+        _check_unique_names(headers)
+        chunks = plan_chunks([(h.data_start, h.file_size) for h in headers], chunk_bytes)
+        regions = [torch.empty(h.data_bytes, dtype=torch.uint8, device=target) for h in headers]
+        staging: _CudaStaging | None = None
+        copy_in: Callable[[int, Path, torch.Tensor, int], None] = _pread_to_host
+        if target.type == "cuda":
+            largest = max((chunk.length for chunk in chunks), default=0)
+            # Two buffers per reader let one be copied to the device while the other is filled.
+            staging = _CudaStaging(target, min(2 * num_threads, len(chunks)), largest)
+            copy_in = staging.read
+
+        def read_chunk(chunk: ReadChunk) -> int:
+            index = chunk.file_index
+            begin = chunk.offset - headers[index].data_start
+            dest = regions[index][begin : begin + chunk.length]
+            copy_in(fds[index], paths[index], dest, chunk.offset)
+            return chunk.length
+
+        total = sum(h.data_bytes for h in headers)
+        try:
+            _read_all(chunks, read_chunk, num_threads, total, progress)
+        finally:
+            # Even on failure: the regions must not be freed while copies into them are queued.
+            if staging is not None:
+                staging.finish()
+    tensors = {
+        info.name: _typed_view(region, header, info)
+        for region, header in zip(regions, headers, strict=True)
+        for info in header.tensors
+    }
+    stats = LoadStats(
+        num_bytes=total,
+        seconds=time.perf_counter() - started,
+        num_tensors=len(tensors),
+        num_files=len(headers),
+    )
+    logger.info(
+        "loaded %d tensors from %d files: %d bytes in %.3f s (%.2f GB/s) to %s",
+        stats.num_tensors,
+        stats.num_files,
+        stats.num_bytes,
+        stats.seconds,
+        stats.gbps,
+        target,
+    )
+    return tensors, stats
+
+
+def _open(path: Path, stack: contextlib.ExitStack) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as err:
+        raise WeightsReadError(path, f"cannot open: {err.strerror}") from err
+    stack.callback(os.close, fd)
+    return fd
+
+
+def _check_unique_names(headers: Sequence[SafetensorsHeader]) -> None:
+    owner: dict[str, int] = {}
+    for index, header in enumerate(headers):
+        for info in header.tensors:
+            first = owner.setdefault(info.name, index)
+            if first != index:
+                raise DuplicateTensorError(
+                    header.path, f"also in {headers[first].path.name}", tensor=info.name
+                )
+
+
+def _pread_into(fd: int, path: Path, view: memoryview, offset: int) -> None:
+    """Fill `view` from `offset`, looping over short reads."""
+    done = 0
+    while done < len(view):
+        try:
+            count = os.preadv(fd, [view[done:]], offset + done)
+        except OSError as err:
+            raise WeightsReadError(path, f"read failed: {err.strerror}") from err
+        if count == 0:
+            # The size was checked against the header; the file shrank while it was being read.
+            raise TruncatedFileError(
+                path, f"file ends at byte {offset + done}, before the data its header declares"
+            )
+        done += count
+
+
+def _pread_to_host(fd: int, path: Path, dest: torch.Tensor, offset: int) -> None:
+    """Read straight into a CPU tensor's memory: no staging, no copy."""
+    _pread_into(fd, path, dest.numpy().data, offset)
+
+
+def _read_all(
+    chunks: Sequence[ReadChunk],
+    read_chunk: Callable[[ReadChunk], int],
+    num_threads: int,
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    done = 0
+    next_debug = _DEBUG_EVERY
+    with ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="loaders-read") as pool:
+        futures = [pool.submit(read_chunk, chunk) for chunk in chunks]
+        try:
+            for future in as_completed(futures):
+                done += future.result()
+                if progress is not None:
+                    progress(done, total)
+                if done >= next_debug * total:
+                    logger.debug("read %d of %d bytes", done, total)
+                    next_debug = done / total + _DEBUG_EVERY
+        except BaseException:
+            # Leaving the pool waits for reads in flight; the queued ones must not start.
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _typed_view(region: torch.Tensor, header: SafetensorsHeader, info: TensorInfo) -> torch.Tensor:
+    dtype = DTYPES[info.dtype]
+    begin = info.start - header.data_start
+    raw = region[begin : begin + (info.end - info.start)]
+    if begin % dtype.itemsize:
+        # view(dtype) needs a storage offset aligned to the item size: give it its own allocation.
+        raw = raw.clone()
+    return raw.view(dtype).reshape(info.shape)
+
+
+class _CudaStaging:
+    """Pinned host buffers that reader threads fill and copy to a device on a side stream."""
+
+    def __init__(self, device: torch.device, num_buffers: int, buffer_bytes: int) -> None:
+        # torch.cuda.Stream and Event have no annotations on __init__.
+        self._stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+        # The regions were allocated on the current stream; copies on ours must come after that.
+        self._stream.wait_stream(torch.cuda.current_stream(device))
+        self._buffers = [
+            torch.empty(buffer_bytes, dtype=torch.uint8, pin_memory=True)
+            for _ in range(num_buffers)
+        ]
+        self._views = [buffer.numpy().data for buffer in self._buffers]
+        self._events: list[torch.cuda.Event | None] = [None] * num_buffers
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(num_buffers):
+            self._free.put(index)
+
+    def read(self, fd: int, path: Path, dest: torch.Tensor, offset: int) -> None:
+        """Read `dest.numel()` bytes at `offset` through a free staging buffer into `dest`."""
+        length = dest.numel()
+        index = self._free.get()
+        try:
+            pending = self._events[index]
+            if pending is not None:
+                # The previous copy out of this buffer may still be running.
+                pending.synchronize()
+            _pread_into(fd, path, self._views[index][:length], offset)
+            with torch.cuda.stream(self._stream):
+                dest.copy_(self._buffers[index][:length], non_blocking=True)
+                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                event.record(self._stream)
+            self._events[index] = event
+        finally:
+            self._free.put(index)
+
+    def finish(self) -> None:
+        """Wait for every copy, so that the device tensors are complete."""
+        self._stream.synchronize()
