@@ -151,7 +151,11 @@ async def test_bounds_hold_under_random_arrivals(started) -> None:
         started(batcher)
         await batcher.start()
 
-        async def client(base: int) -> None:
+        async def client(
+            base: int,
+            batcher: Batcher[int, list[int], int] = batcher,
+            costs: dict[int, int] = costs,
+        ) -> None:
             for k in range(10):
                 await asyncio.sleep(rng.random() * 0.004)
                 items = [base * 100 + k * 10 + j for j in range(rng.randint(1, 4))]

@@ -1,0 +1,72 @@
+"""Command line: `sidecar serve` (the default) and `sidecar pull MODEL`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from sidecar import __version__
+from sidecar.config import Settings
+from sidecar.errors import ConfigError
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of the `sidecar` console script."""
+    parser = argparse.ArgumentParser(prog="sidecar", description="Model-serving sidecar.")
+    parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve the model from SIDECAR_* settings (default)")
+    pull = commands.add_parser("pull", help="pre-fetch a hub model into the Hugging Face cache")
+    pull.add_argument("model", help="hf://org/name[@revision], or a local path to validate")
+    args = parser.parse_args(argv)
+    environ = os.environ if environ is None else environ
+    try:
+        settings = Settings.from_env(environ)
+        token = _read_token(settings)
+    except ConfigError as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return 2
+
+    from sidecar import logs
+
+    logs.configure(settings.log_level, settings.log_format)
+    if args.command == "pull":
+        return _pull(args.model, settings)
+    from sidecar.server import serve
+
+    return asyncio.run(serve(settings, auth_token=token))
+
+
+def _read_token(settings: Settings) -> str | None:
+    if settings.auth_token_file is None:
+        return None
+    try:
+        token = Path(settings.auth_token_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            "SIDECAR_AUTH_TOKEN_FILE", settings.auth_token_file, f"a readable file ({exc.strerror})"
+        ) from None
+    if not token:
+        raise ConfigError("SIDECAR_AUTH_TOKEN_FILE", settings.auth_token_file, "a non-empty file")
+    return token
+
+
+def _pull(spec: str, settings: Settings) -> int:
+    import loaders
+
+    try:
+        source = loaders.pull(
+            spec,
+            cache_dir=Path(settings.hf_home) / "hub" if settings.hf_home else None,
+            token=settings.hf_token,
+        )
+    except loaders.LoaderError as exc:
+        print(f"sidecar pull: {exc}", file=sys.stderr)
+        return 1
+    files = len(source.weight_files)
+    print(f"{source.name}: {files} weight file(s) ready in {source.directory}")
+    return 0

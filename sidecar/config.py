@@ -1,0 +1,225 @@
+"""Settings from the environment: parsed once, validated in one place, passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sidecar.errors import ConfigError
+
+T = TypeVar("T")
+
+TASKS = ("embed", "classify")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "text")
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the process; field `x` is read from `SIDECAR_X` unless noted."""
+
+    model: str | None = None  # None: the bundled demo model
+    model_name: str | None = None
+    model_version: str | None = None
+    task: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_window_ms: int = 20
+    batch_min_size: int = 1
+    batch_max_size: int = 32
+    batch_max_tokens: int = 16384
+    batch_adaptive: bool = True
+    queue_max: int = 512
+    request_timeout_ms: int = 30000
+    max_input_tokens: int | None = None
+    max_client_batch: int = 256
+    max_body_bytes: int = 8 * 1024 * 1024
+    host: str = "127.0.0.1"
+    port: int = 8080
+    uds: str | None = None
+    uds_mode: int = 0o660
+    health_host: str = "0.0.0.0"
+    health_port: int = 9090
+    auth_token_file: str | None = None
+    load_threads: int = 8
+    load_chunk_mb: int = 16
+    warmup: bool = True
+    drain_timeout_s: float = 30.0
+    log_level: str = "info"
+    log_format: str = "json"
+    # Read from the Hugging Face variables, not SIDECAR_*.
+    hf_home: str | None = None
+    hf_offline: bool = False
+    hf_token: str | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Parse and validate settings from `environ`.
+
+        Raises:
+            ConfigError: naming the variable, the value and what is accepted.
+        """
+        env = _Reader(environ)
+        settings = cls(
+            model=env.get("SIDECAR_MODEL", _nonempty, None),
+            model_name=env.get("SIDECAR_MODEL_NAME", _served_name, None),
+            model_version=env.get("SIDECAR_MODEL_VERSION", _nonempty, None),
+            task=env.get("SIDECAR_TASK", _choice(TASKS), None),
+            device=env.get("SIDECAR_DEVICE", _device, "auto"),
+            dtype=env.get("SIDECAR_DTYPE", _choice(DTYPES), "auto"),
+            batch_window_ms=env.get("SIDECAR_BATCH_WINDOW_MS", _int_in(0, 1000), 20),
+            batch_min_size=env.get("SIDECAR_BATCH_MIN_SIZE", _int_in(1, 4096), 1),
+            batch_max_size=env.get("SIDECAR_BATCH_MAX_SIZE", _int_in(1, 4096), 32),
+            batch_max_tokens=env.get("SIDECAR_BATCH_MAX_TOKENS", _int_in(1, 1 << 24), 16384),
+            batch_adaptive=env.get("SIDECAR_BATCH_ADAPTIVE", _bool, True),
+            queue_max=env.get("SIDECAR_QUEUE_MAX", _int_in(1, 1 << 20), 512),
+            request_timeout_ms=env.get("SIDECAR_REQUEST_TIMEOUT_MS", _int_in(1, 3_600_000), 30000),
+            max_input_tokens=env.get("SIDECAR_MAX_INPUT_TOKENS", _int_in(2, 1 << 20), None),
+            max_client_batch=env.get("SIDECAR_MAX_CLIENT_BATCH", _int_in(1, 1 << 16), 256),
+            max_body_bytes=env.get("SIDECAR_MAX_BODY_BYTES", _int_in(1024, 1 << 31), 8 << 20),
+            host=env.get("SIDECAR_HOST", _nonempty, "127.0.0.1"),
+            port=env.get("SIDECAR_PORT", _int_in(0, 65535), 8080),
+            uds=env.get("SIDECAR_UDS", _socket_path, None),
+            uds_mode=env.get("SIDECAR_UDS_MODE", _octal_mode, 0o660),
+            health_host=env.get("SIDECAR_HEALTH_HOST", _nonempty, "0.0.0.0"),
+            health_port=env.get("SIDECAR_HEALTH_PORT", _int_in(0, 65535), 9090),
+            auth_token_file=env.get("SIDECAR_AUTH_TOKEN_FILE", _nonempty, None),
+            load_threads=env.get("SIDECAR_LOAD_THREADS", _int_in(1, 256), 8),
+            load_chunk_mb=env.get("SIDECAR_LOAD_CHUNK_MB", _int_in(1, 1024), 16),
+            warmup=env.get("SIDECAR_WARMUP", _bool, True),
+            drain_timeout_s=env.get("SIDECAR_DRAIN_TIMEOUT_S", _float_in(0.0, 3600.0), 30.0),
+            log_level=env.get("SIDECAR_LOG_LEVEL", _choice(LOG_LEVELS), "info"),
+            log_format=env.get("SIDECAR_LOG_FORMAT", _choice(LOG_FORMATS), "json"),
+            hf_home=env.get("HF_HOME", _nonempty, None),
+            hf_offline=env.get("HF_HUB_OFFLINE", _bool, False),
+            hf_token=env.get("HF_TOKEN", _nonempty, None),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Validate relations between settings.
+
+        Raises:
+            ConfigError: naming the first variable out of bounds.
+        """
+        if self.batch_min_size > self.batch_max_size:
+            raise ConfigError(
+                "SIDECAR_BATCH_MIN_SIZE",
+                str(self.batch_min_size),
+                f"at most SIDECAR_BATCH_MAX_SIZE ({self.batch_max_size})",
+            )
+        if self.max_client_batch > self.queue_max:
+            raise ConfigError(
+                "SIDECAR_MAX_CLIENT_BATCH",
+                str(self.max_client_batch),
+                f"at most SIDECAR_QUEUE_MAX ({self.queue_max})",
+            )
+        if self.max_input_tokens is not None and self.max_input_tokens > self.batch_max_tokens:
+            raise ConfigError(
+                "SIDECAR_MAX_INPUT_TOKENS",
+                str(self.max_input_tokens),
+                f"at most SIDECAR_BATCH_MAX_TOKENS ({self.batch_max_tokens})",
+            )
+        if self.port == 0 and self.uds is None:
+            raise ConfigError("SIDECAR_PORT", "0", "a TCP port, unless SIDECAR_UDS is set")
+
+    def public(self) -> dict[str, Any]:
+        """The effective settings as served at /v1/info, secrets redacted."""
+        values = dataclasses.asdict(self)
+        values["hf_token"] = "<redacted>" if self.hf_token else None
+        values["uds_mode"] = oct(self.uds_mode)
+        return values
+
+
+class _Reader:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self._environ.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(name, raw, str(exc)) from None
+
+
+def _nonempty(raw: str) -> str:
+    return raw
+
+
+def _served_name(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", raw):
+        raise ValueError("letters, digits, '.', '_' and '-', starting with a letter or digit")
+    return raw
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in options:
+            raise ValueError("one of " + ", ".join(options))
+        return raw.lower()
+
+    return parse
+
+
+def _device(raw: str) -> str:
+    if not _DEVICE.match(raw.lower()):
+        raise ValueError("auto, cpu, cuda or cuda:N")
+    return raw.lower()
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"an integer from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"a number from {low:g} to {high:g}") from None
+        if not low <= value <= high:  # also rejects NaN
+            raise ValueError(f"a number from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ValueError("true or false (also 1/0, yes/no, on/off)")
+
+
+def _octal_mode(raw: str) -> int:
+    if not re.fullmatch(r"0?o?[0-7]{3,4}", raw):
+        raise ValueError("an octal file mode such as 0660")
+    return int(raw.replace("o", ""), 8)
+
+
+def _socket_path(raw: str) -> str:
+    # sun_path holds 108 bytes including the terminating NUL.
+    if len(raw.encode()) > 107:
+        raise ValueError("a socket path of at most 107 bytes")
+    return raw

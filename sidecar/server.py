@@ -1,0 +1,145 @@
+"""Process lifecycle: bind first, load in the background, serve, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import stat
+from pathlib import Path
+
+from aiohttp import web
+
+from sidecar.app import build_api_app, build_health_app
+from sidecar.config import Settings
+from sidecar.errors import StartupError
+from sidecar.runtime import Phase, Runtime
+
+logger = logging.getLogger(__name__)
+
+
+class Server:
+    """The listeners and the runtime behind them.
+
+    One runner serves the inference API on loopback TCP and the Unix socket; a second serves
+    health and metrics on the health port.
+    """
+
+    def __init__(self, settings: Settings, *, auth_token: str | None = None) -> None:
+        self.settings = settings
+        self.runtime = Runtime(settings, auth_token=auth_token)
+        self._runners: list[web.AppRunner] = []
+        self._bound_socket: Path | None = None
+        self.addresses: dict[str, object] = {}
+
+    async def start(self) -> None:
+        """Bind every listener; readiness stays off until `load` finishes."""
+        settings = self.settings
+        api = web.AppRunner(
+            build_api_app(self.runtime), handler_cancellation=True, access_log=None,
+            shutdown_timeout=5.0,
+        )  # fmt: skip
+        await api.setup()
+        self._runners.append(api)
+        if settings.port:
+            site = web.TCPSite(api, settings.host, settings.port, reuse_address=True)
+            await site.start()
+            self.addresses["tcp"] = _bound(site)
+        if settings.uds:
+            _replace_stale_socket(Path(settings.uds))
+            unix = web.UnixSite(api, settings.uds)
+            await unix.start()
+            self._bound_socket = Path(settings.uds)
+            os.chmod(settings.uds, settings.uds_mode)
+            self.addresses["uds"] = settings.uds
+        if settings.health_port:
+            health = web.AppRunner(
+                build_health_app(self.runtime), handler_cancellation=True, access_log=None,
+                shutdown_timeout=1.0,
+            )  # fmt: skip
+            await health.setup()
+            self._runners.append(health)
+            site = web.TCPSite(
+                health, settings.health_host, settings.health_port, reuse_address=True
+            )
+            await site.start()
+            self.addresses["health"] = _bound(site)
+        logger.info("listening: %s", self.addresses)
+
+    async def load(self) -> None:
+        """Load and warm the model; readiness turns on when it is done."""
+        await self.runtime.load()
+
+    async def stop(self) -> bool:
+        """Drain accepted work, close the listeners, remove the socket; False on drain timeout."""
+        drained = await self.runtime.drain()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self._bound_socket is not None:
+            # Only the socket this process bound: never a file it refused to replace.
+            with contextlib.suppress(FileNotFoundError):
+                self._bound_socket.unlink()
+            self._bound_socket = None
+        return drained
+
+
+async def serve(settings: Settings, *, auth_token: str | None = None) -> int:
+    """Run until SIGTERM/SIGINT; the exit code: 0 after a drain, 1 when start-up failed."""
+    server = Server(settings, auth_token=auth_token)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await server.start()
+    except (OSError, StartupError) as exc:
+        logger.error("cannot listen: %s", exc)
+        await server.stop()
+        return 1
+    loading = asyncio.create_task(server.load(), name="load-model")
+    stopping = asyncio.create_task(stop.wait(), name="wait-signal")
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    failure = loading.exception() if loading.done() else None
+    if failure is not None:
+        server.runtime.phase = Phase.FAILED
+        if isinstance(failure, StartupError):
+            logger.error("start-up failed: %s", failure)
+        else:
+            logger.error("start-up failed", exc_info=failure)
+        code = 1
+    elif loading.done():
+        logger.info("serving; send SIGTERM to drain and stop")
+        await stopping
+    else:
+        logger.info("stopped while loading")
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+    stopping.cancel()
+    logger.info("shutting down")
+    await server.stop()
+    logger.info("stopped")
+    return code
+
+
+def _bound(site: web.TCPSite) -> tuple[str, int]:
+    server = site._server
+    assert server is not None and isinstance(server, asyncio.Server)
+    host, port = server.sockets[0].getsockname()[:2]
+    return str(host), int(port)
+
+
+def _replace_stale_socket(path: Path) -> None:
+    """Remove a socket file left by a killed process; refuse to remove anything else."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    if not stat.S_ISSOCK(mode):
+        raise StartupError(f"SIDECAR_UDS points at an existing file that is not a socket: {path}")
+    logger.info("replacing stale socket %s", path)
+    path.unlink()
