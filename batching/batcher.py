@@ -27,6 +27,7 @@ halves the token budget for `oom_cooldown_s`. Results are set only on futures no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -57,6 +58,9 @@ ResultT = TypeVar("ResultT")
 
 @dataclass
 class _Dispatch:
+    # True when another batch is running: collate on the preparation thread meanwhile. On an
+    # idle device the device thread collates itself, which saves a thread hop.
+    overlap: bool
     wait_s: float
     observe_from: float | None
     dispatched_at: float
@@ -288,6 +292,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         start = max(batch[0].enqueued_at, self._idle_since)
         self._inflight += 1
         dispatch = _Dispatch(
+            overlap=not idle,
             wait_s=now - start if idle else 0.0,
             observe_from=start if idle and config.adaptive else None,
             dispatched_at=now,
@@ -302,14 +307,14 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
     async def _process(self, batch: list[Entry[ItemT, ResultT]], dispatch: _Dispatch) -> None:
         try:
             loop = asyncio.get_running_loop()
-            prepared: PreparedT | None
-            try:
-                prepared = await loop.run_in_executor(
-                    self._prepare_executor, self._prepare, [e.item for e in batch]
-                )
-            except Exception:
-                # Collation failed: the device thread prepares again, half by half if need be.
-                prepared = None
+            prepared: PreparedT | None = None
+            if dispatch.overlap:
+                # Collate while the current batch runs. Failures fall through to the device
+                # thread, which prepares again, half by half if need be.
+                with contextlib.suppress(Exception):
+                    prepared = await loop.run_in_executor(
+                        self._prepare_executor, self._prepare, [e.item for e in batch]
+                    )
             await self._execute(batch, prepared, dispatch)
         finally:
             self._inflight -= 1
