@@ -90,6 +90,7 @@ class Engine:
     ) -> None:
         self.model = model
         self.max_input_tokens = model.max_input_tokens
+        self.fatal: BaseException | None = None
         self._tokenizer_executor = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
         self.batcher: Batcher[list[int], Batch, np.ndarray] = Batcher(
             model.collate,
@@ -141,7 +142,27 @@ class Engine:
         return Prediction(np.stack(rows), sum(costs))
 
     def _forward(self, batch: Batch) -> list[np.ndarray]:
-        return list(self.model.forward(batch))
+        try:
+            return list(self.model.forward(batch))
+        except Exception as exc:
+            if self.model.device.type == "cuda" and is_fatal_device_error(exc):
+                # The CUDA context is unusable: /livez fails so the kubelet restarts us.
+                self.fatal = exc
+                logger.critical("fatal device error: %s", exc)
+            raise
+
+
+def is_fatal_device_error(exc: BaseException) -> bool:
+    """A CUDA error that poisons the context (out-of-memory does not: it is recoverable)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    message = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "CUDA error" in message or "CUBLAS_STATUS" in message or "cuDNN error" in message
+    )
 
 
 def resolve_device(spec: str) -> torch.device:

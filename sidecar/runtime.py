@@ -38,7 +38,6 @@ class Runtime:
         self.metrics = Metrics()
         self.phase = Phase.LOADING
         self.started = False
-        self.fatal = False
         self.engine: Engine | None = None
         self.report: LoadReport | None = None
         self.model_name = settings.model_name or "model"
@@ -85,6 +84,11 @@ class Runtime:
             self.model_name, self.model_version, model.task, report.weight_bytes,
             report.weights_s, report.weights_gbps, report.warmup_s,
         )  # fmt: skip
+
+    @property
+    def fatal(self) -> bool:
+        """A device error made the process useless; only a restart helps."""
+        return self.engine is not None and self.engine.fatal is not None
 
     def require_engine(self) -> Engine:
         """The engine, or the 503 that says why there is none yet."""

@@ -88,6 +88,7 @@ class Server:
 
 async def serve(settings: Settings, *, auth_token: str | None = None) -> int:
     """Run until SIGTERM/SIGINT; the exit code: 0 after a drain, 1 when start-up failed."""
+    logger.info("settings: %s", settings.public())
     server = Server(settings, auth_token=auth_token)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

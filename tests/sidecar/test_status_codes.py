@@ -207,3 +207,42 @@ async def test_metrics_move_by_exactly_what_was_sent(
     assert len(info) == 1 and dict(info[0][1])["device"] == "cpu"
     # Unknown routes and models create no new series.
     assert not [k for k in after if "/no/such/route" in str(k)]
+
+
+async def test_disconnected_client_items_never_reach_the_model(
+    start_server: StartServer, tiny_embed_dir
+) -> None:
+    s = await start_server(
+        tiny_embed_dir, SIDECAR_BATCH_WINDOW_MS="500", SIDECAR_BATCH_ADAPTIVE="false"
+    )
+    async with s.health.get("/metrics") as r:
+        before = samples(await r.text())
+    gone = asyncio.create_task(s.tcp.post("/v1/predict", json={"inputs": ["a", "b", "c"]}))
+    await asyncio.sleep(0.1)  # queued, waiting out the window
+    gone.cancel()  # the client goes away: aiohttp closes the connection
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    await asyncio.sleep(0.6)  # past the window: nothing may run
+    async with s.health.get("/metrics") as r:
+        after = samples(await r.text())
+    cancelled = ("sidecar_rejected_total", (("reason", "cancelled"),))
+    assert after[cancelled] - before[cancelled] == 3
+    batches = ("sidecar_batch_size_count", ())
+    assert after[batches] == before[batches]
+    assert after[("sidecar_queue_depth", ())] == 0
+    await assert_still_serves(s)
+
+
+async def test_livez_fails_after_a_fatal_device_error(
+    start_server: StartServer, tiny_embed_dir
+) -> None:
+    from sidecar.engine import is_fatal_device_error
+
+    s = await start_server(tiny_embed_dir)
+    async with s.health.get("/livez") as r:
+        assert r.status == 200
+    assert is_fatal_device_error(RuntimeError("CUDA error: an illegal memory access"))
+    assert not is_fatal_device_error(RuntimeError("shape mismatch"))
+    s.runtime.engine.fatal = RuntimeError("CUDA error: an illegal memory access")
+    async with s.health.get("/livez") as r:
+        assert r.status == 503
