@@ -12,10 +12,12 @@ from pathlib import Path
 from sidecar import __version__
 from sidecar.config import Settings
 from sidecar.errors import ConfigError
+from sidecar.timeline import Timeline
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of the `sidecar` console script."""
+    timeline = Timeline()
     parser = argparse.ArgumentParser(prog="sidecar", description="Model-serving sidecar.")
     parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
     commands = parser.add_subparsers(dest="command")
@@ -38,7 +40,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _pull(args.model, settings)
     from sidecar.server import serve
 
-    return asyncio.run(serve(settings, auth_token=token))
+    timeline.mark("imports")
+    return asyncio.run(serve(settings, auth_token=token, timeline=timeline))
 
 
 def _read_token(settings: Settings) -> str | None:

@@ -16,6 +16,7 @@ from sidecar.config import Settings
 from sidecar.engine import Engine, LoadReport, load_model, resolve_device, resolve_dtype
 from sidecar.errors import UnavailableError
 from sidecar.metrics import GpuCollector, Metrics
+from sidecar.timeline import Timeline
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +33,16 @@ class Phase(enum.Enum):
 class Runtime:
     """Holds the engine once loaded and tracks requests in flight for a clean drain."""
 
-    def __init__(self, settings: Settings, *, auth_token: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        auth_token: str | None = None,
+        timeline: Timeline | None = None,
+    ) -> None:
         self.settings = settings
         self.auth_token = auth_token
+        self.timeline = timeline or Timeline()
         self.metrics = Metrics()
         self.phase = Phase.LOADING
         self.started = False
@@ -61,6 +69,7 @@ class Runtime:
             self._device_executor, load_model, settings, self.device, self.dtype
         )
         self.report = report
+        self.timeline.mark("load")
         default_name = DEMO_NAME if settings.model is None else _served_name(source.name)
         self.model_name = settings.model_name or default_name
         self.model_version = settings.model_version or (source.revision or "1")
@@ -77,6 +86,7 @@ class Runtime:
         if self.device.type == "cuda":
             metrics.add_gpu_collector(GpuCollector(self.device.index or 0))
         self.phase = Phase.READY
+        self.timeline.mark("ready")
         self.started = True
         metrics.ready.set(1)
         logger.info(
@@ -180,6 +190,10 @@ class Runtime:
             "torch": torch.__version__,
             "settings": self.settings.public(),
             "load": self.report.public() if self.report else None,
+            "startup_s": {
+                "phases": self.timeline.phases_s(),
+                "to_ready": self.timeline.since_start_s("ready"),
+            },
         }
 
 

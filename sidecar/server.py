@@ -16,6 +16,7 @@ from sidecar.app import build_api_app, build_health_app
 from sidecar.config import Settings
 from sidecar.errors import StartupError
 from sidecar.runtime import Phase, Runtime
+from sidecar.timeline import Timeline
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,16 @@ class Server:
     health and metrics on the health port.
     """
 
-    def __init__(self, settings: Settings, *, auth_token: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        auth_token: str | None = None,
+        timeline: Timeline | None = None,
+    ) -> None:
         self.settings = settings
-        self.runtime = Runtime(settings, auth_token=auth_token)
+        self.timeline = timeline or Timeline()
+        self.runtime = Runtime(settings, auth_token=auth_token, timeline=self.timeline)
         self._runners: list[web.AppRunner] = []
         self._bound_socket: Path | None = None
         self.addresses: dict[str, object] = {}
@@ -66,6 +74,7 @@ class Server:
             )
             await site.start()
             self.addresses["health"] = _bound(site)
+        self.timeline.mark("bind")
         logger.info("listening: %s", self.addresses)
 
     async def load(self) -> None:
@@ -86,10 +95,12 @@ class Server:
         return drained
 
 
-async def serve(settings: Settings, *, auth_token: str | None = None) -> int:
+async def serve(
+    settings: Settings, *, auth_token: str | None = None, timeline: Timeline | None = None
+) -> int:
     """Run until SIGTERM/SIGINT; the exit code: 0 after a drain, 1 when start-up failed."""
     logger.info("settings: %s", settings.public())
-    server = Server(settings, auth_token=auth_token)
+    server = Server(settings, auth_token=auth_token, timeline=timeline)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -125,15 +125,38 @@ class BertConfig:
         return self.max_position_embeddings
 
 
+class _Unfilled:
+    """Leaves parameters as allocated (`torch.empty`, pages untouched): the checkpoint fills them.
+
+    Random initialisation would be wasted work, and building on the meta device instead pulls in
+    seconds of lazy imports (torch's Python meta kernels) on the first model of a process.
+    """
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class Linear(_Unfilled, nn.Linear):
+    pass
+
+
+class Embedding(_Unfilled, nn.Embedding):
+    pass
+
+
+class LayerNorm(_Unfilled, nn.LayerNorm):
+    pass
+
+
 class Embeddings(nn.Module):
     """Word + token type + position embeddings, then LayerNorm."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.word = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.word = Embedding(config.vocab_size, config.hidden_size)
+        self.token_type = Embedding(config.type_vocab_size, config.hidden_size)
+        self.position = Embedding(config.max_position_embeddings, config.hidden_size)
+        self.norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor
@@ -150,8 +173,8 @@ class SelfAttention(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.qkv = Linear(config.hidden_size, 3 * config.hidden_size)
+        self.proj = Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, H = x.shape
@@ -169,10 +192,10 @@ class Layer(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.attn = SelfAttention(config)
-        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.up = Linear(config.hidden_size, config.intermediate_size)
+        self.down = Linear(config.intermediate_size, config.hidden_size)
+        self.mlp_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.approximate = _GELU_APPROXIMATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -186,8 +209,8 @@ class ClassificationHead(nn.Module):
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.out = nn.Linear(config.hidden_size, config.num_labels)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.out = Linear(config.hidden_size, config.num_labels)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         first = hidden[:, 0]  # (B, H): [CLS] or <s>
@@ -319,8 +342,7 @@ def build_encoder(
     Raises:
         ModelLoadError: tensors missing, unexpected, duplicated or of the wrong shape.
     """
-    with torch.device("meta"):
-        model = BertEncoder(config, with_head=with_head)
+    model = BertEncoder(config, with_head=with_head)
     found: dict[str, tuple[str, torch.Tensor]] = {}
     for original, tensor in weights.items():
         name = _unprefixed(original)
