@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint typecheck install-serve install-test bench clean
+.PHONY: serve test lint typecheck install-serve install-test bench clean image image-cuda
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,32 @@ lint: install-test
 
 typecheck: install-test
 	$(BIN)/mypy --strict sidecar batching loaders
+
+## image: build the CPU image (IMAGE=sidecar:cpu); works with no container registry and offline pip
+## image-cuda: build the CUDA image (IMAGE=sidecar:cuda); run it with the NVIDIA container runtime
+# BASE_IMAGE empty: DEFAULT_BASE_IMAGE when present or pullable, else a local debootstrap base.
+# WHEELHOUSE=1: wheels downloaded here (this host's pip settings), installed offline in the build;
+# WHEELHOUSE=0: pip in the build uses this host's index settings and CA bundle. See docker/.
+BASE_IMAGE ?=
+DEFAULT_BASE_IMAGE ?= python:3.11-slim-bookworm
+LOCAL_BASE_IMAGE ?= sidecar-base:bookworm
+WHEELHOUSE ?= 1
+WITH_DEMO ?= 1
+# torch for each image: the CPU wheel, and the CUDA one (`===`: a local `+cpu` wheel never matches).
+IMAGE_TORCH_SPEC ?= torch==2.13.0+cpu
+IMAGE_CUDA_TORCH_SPEC ?= torch===2.13.0
+DOCKER_BUILD_ARGS ?=
+IMAGE_ENV = PYTHON=$(BIN)/python BASE_IMAGE="$(BASE_IMAGE)" DEFAULT_BASE_IMAGE="$(DEFAULT_BASE_IMAGE)" \
+	LOCAL_BASE_IMAGE="$(LOCAL_BASE_IMAGE)" WHEELHOUSE="$(WHEELHOUSE)" \
+	DOCKER_BUILD_ARGS="$(DOCKER_BUILD_ARGS)"
+
+image: | $(BIN)/python
+	$(IMAGE_ENV) TORCH_SPEC="$(IMAGE_TORCH_SPEC)" WITH_DEMO="$(WITH_DEMO)" \
+		docker/build-image.sh cpu "$(or $(IMAGE),sidecar:cpu)"
+
+image-cuda: | $(BIN)/python
+	$(IMAGE_ENV) TORCH_SPEC="$(IMAGE_CUDA_TORCH_SPEC)" WITH_DEMO=0 \
+		docker/build-image.sh cuda "$(or $(IMAGE),sidecar:cuda)"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
