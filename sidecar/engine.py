@@ -239,12 +239,12 @@ def load_model(
         del weights
         built = time.perf_counter()
         if settings.warmup:
-            # On CUDA every shape class is worth compiling kernels for; on CPU one small and one
-            # mid-size pass touch every code path at a fraction of the start-up time.
+            # On CUDA every shape class is worth compiling kernels for; on CPU a few passes of
+            # one and two items touch every code path at a fraction of the start-up time.
             full = device.type == "cuda"
             model.warmup(
-                settings.batch_max_size if full else min(settings.batch_max_size, 4),
-                settings.batch_max_tokens if full else min(settings.batch_max_tokens, 512),
+                settings.batch_max_size if full else min(settings.batch_max_size, 2),
+                settings.batch_max_tokens if full else min(settings.batch_max_tokens, 128),
             )
         warmed = time.perf_counter()
     except (loaders.LoaderError, ModelLoadError) as exc:
