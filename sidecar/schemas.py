@@ -49,11 +49,7 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 def parse_predict(body: bytes, *, max_inputs: int) -> PredictRequest:
     """Check a predict body: `{"inputs": [...], "parameters": {...}}`."""
-    data = parse_json(body)
-    _refuse_unknown(data, _PREDICT_KEYS, "field")
-    if "inputs" not in data:
-        raise InvalidInputError("'inputs' is required")
-    texts = _texts(data["inputs"], "inputs", max_inputs, allow_objects=True)
+    data, texts = _with_texts(body, _PREDICT_KEYS, "inputs", max_inputs, allow_objects=True)
     parameters = data.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInputError("'parameters' must be an object")
@@ -70,11 +66,7 @@ def parse_predict(body: bytes, *, max_inputs: int) -> PredictRequest:
 
 def parse_embeddings(body: bytes, *, max_inputs: int) -> EmbeddingsRequest:
     """Check an OpenAI embeddings body."""
-    data = parse_json(body)
-    _refuse_unknown(data, _EMBEDDINGS_KEYS, "field")
-    if "input" not in data:
-        raise InvalidInputError("'input' is required")
-    texts = _texts(data["input"], "input", max_inputs, allow_objects=False)
+    data, texts = _with_texts(body, _EMBEDDINGS_KEYS, "input", max_inputs, allow_objects=False)
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidInputError("'model' must be a string")
@@ -90,6 +82,17 @@ def parse_embeddings(body: bytes, *, max_inputs: int) -> EmbeddingsRequest:
     if not isinstance(truncate, bool):
         raise InvalidInputError("'truncate' must be a boolean")
     return EmbeddingsRequest(texts, model, encoding, dimensions, truncate)
+
+
+def _with_texts(
+    body: bytes, known: set[str], field: str, max_inputs: int, *, allow_objects: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """The body as an object with only `known` keys, and its required input texts."""
+    data = parse_json(body)
+    _refuse_unknown(data, known, "field")
+    if field not in data:
+        raise InvalidInputError(f"'{field}' is required")
+    return data, _texts(data[field], field, max_inputs, allow_objects=allow_objects)
 
 
 def _texts(value: Any, field: str, max_inputs: int, *, allow_objects: bool) -> list[str]:

@@ -45,37 +45,35 @@ class Server:
     async def start(self) -> None:
         """Bind every listener; readiness stays off until `load` finishes."""
         settings = self.settings
-        api = web.AppRunner(
-            build_api_app(self.runtime), handler_cancellation=True, access_log=None,
-            shutdown_timeout=5.0,
-        )  # fmt: skip
-        await api.setup()
-        self._runners.append(api)
+        api = await self._runner(build_api_app(self.runtime), shutdown_timeout_s=5.0)
         if settings.port:
-            site = web.TCPSite(api, settings.host, settings.port, reuse_address=True)
-            await site.start()
-            self.addresses["tcp"] = _bound(site)
+            self.addresses["tcp"] = await _tcp_site(api, settings.host, settings.port)
         if settings.uds:
             _replace_stale_socket(Path(settings.uds))
-            unix = web.UnixSite(api, settings.uds)
-            await unix.start()
+            await web.UnixSite(api, settings.uds).start()
             self._bound_socket = Path(settings.uds)
             os.chmod(settings.uds, settings.uds_mode)
             self.addresses["uds"] = settings.uds
         if settings.health_port:
-            health = web.AppRunner(
-                build_health_app(self.runtime), handler_cancellation=True, access_log=None,
-                shutdown_timeout=1.0,
-            )  # fmt: skip
-            await health.setup()
-            self._runners.append(health)
-            site = web.TCPSite(
-                health, settings.health_host, settings.health_port, reuse_address=True
+            health = await self._runner(build_health_app(self.runtime), shutdown_timeout_s=1.0)
+            self.addresses["health"] = await _tcp_site(
+                health, settings.health_host, settings.health_port
             )
-            await site.start()
-            self.addresses["health"] = _bound(site)
         self.timeline.mark("bind")
         logger.info("listening: %s", self.addresses)
+
+    async def _runner(self, app: web.Application, *, shutdown_timeout_s: float) -> web.AppRunner:
+        # handler_cancellation: a client that disconnects cancels its handler, so its queued
+        # items are dropped before they reach the model.
+        runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=shutdown_timeout_s,
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        return runner
 
     async def load(self) -> None:
         """Load and warm the model; readiness turns on when it is done."""
@@ -137,11 +135,13 @@ async def serve(
     return code
 
 
-def _bound(site: web.TCPSite) -> tuple[str, int]:
+async def _tcp_site(runner: web.AppRunner, host: str, port: int) -> tuple[str, int]:
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
     server = site._server
     assert server is not None and isinstance(server, asyncio.Server)
-    host, port = server.sockets[0].getsockname()[:2]
-    return str(host), int(port)
+    bound_host, bound_port = server.sockets[0].getsockname()[:2]
+    return str(bound_host), int(bound_port)
 
 
 def _replace_stale_socket(path: Path) -> None:
