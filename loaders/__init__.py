@@ -1,14 +1,17 @@
 """Model sources and safetensors weight streaming.
 
 `resolve_source` (or `pull`) turns a spec into safetensors files; `load_weights` validates their
-headers strictly and streams their tensors to a device. Every error raised derives from
+headers strictly and streams their tensors to a device, optionally checking each file against a
+pinned SHA-256 digest (`parse_digest_pins`, `recorded_digests`). Every error raised derives from
 `LoaderError`. This package reads no environment variables: all settings are arguments.
 """
 
 from __future__ import annotations
 
+from loaders.digests import parse_digest_pins, recorded_digests
 from loaders.errors import (
     CorruptWeightsError,
+    DigestMismatchError,
     DuplicateTensorError,
     HeaderError,
     LoaderError,
@@ -19,6 +22,7 @@ from loaders.errors import (
 )
 from loaders.header import DTYPES, MAX_HEADER_BYTES, SafetensorsHeader, TensorInfo, read_header
 from loaders.sources import HUB_SCHEME, ModelSource, pull, resolve_source
+from loaders.storage import filesystem_type, is_network_filesystem
 from loaders.stream import LoadStats, ReadChunk, load_weights, plan_chunks
 
 __all__ = [
@@ -26,6 +30,7 @@ __all__ = [
     "HUB_SCHEME",
     "MAX_HEADER_BYTES",
     "CorruptWeightsError",
+    "DigestMismatchError",
     "DuplicateTensorError",
     "HeaderError",
     "LoadStats",
@@ -38,9 +43,13 @@ __all__ = [
     "TensorInfo",
     "TruncatedFileError",
     "WeightsReadError",
+    "filesystem_type",
+    "is_network_filesystem",
     "load_weights",
+    "parse_digest_pins",
     "plan_chunks",
     "pull",
     "read_header",
+    "recorded_digests",
     "resolve_source",
 ]

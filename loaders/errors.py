@@ -12,7 +12,8 @@ Every error this package raises derives from `LoaderError`::
           │                        gap, negative or reversed, size != prod(shape) * itemsize,
           │                        trailing bytes
           ├── TruncatedFileError   the file ends before what its length prefix or offsets promise
-          └── DuplicateTensorError one tensor name in two shards of a checkpoint
+          ├── DuplicateTensorError one tensor name in two shards of a checkpoint
+          └── DigestMismatchError  a file whose sha256 is not the pinned one (.expected, .actual)
 
 Messages name the file by its basename (the full path is on `.path`) so that they can be shown to
 an operator without exposing the layout of the host.
@@ -70,3 +71,12 @@ class TruncatedFileError(CorruptWeightsError):
 
 class DuplicateTensorError(CorruptWeightsError):
     """A tensor name that appears in more than one shard of a checkpoint."""
+
+
+class DigestMismatchError(CorruptWeightsError):
+    """A weights file whose SHA-256 digest is not the one it was pinned to."""
+
+    def __init__(self, path: Path, *, expected: str, actual: str) -> None:
+        super().__init__(path, f"sha256 is {actual}, expected {expected}")
+        self.expected = expected
+        self.actual = actual

@@ -29,6 +29,7 @@ __all__ = [
     "SafetensorsHeader",
     "TensorInfo",
     "read_header",
+    "read_header_and_bytes_fd",
     "read_header_fd",
 ]
 
@@ -164,6 +165,11 @@ def read_header(path: Path) -> SafetensorsHeader:
 
 def read_header_fd(fd: int, path: Path) -> SafetensorsHeader:
     """Read and strictly validate the header of the open safetensors file `fd` (named `path`)."""
+    return read_header_and_bytes_fd(fd, path)[0]
+
+
+def read_header_and_bytes_fd(fd: int, path: Path) -> tuple[SafetensorsHeader, bytes]:
+    """As `read_header_fd`, also returning the bytes read: the file's first `data_start` bytes."""
     try:
         file_size = os.fstat(fd).st_size
     except OSError as err:
@@ -172,7 +178,8 @@ def read_header_fd(fd: int, path: Path) -> SafetensorsHeader:
         raise TruncatedFileError(
             path, f"file is {file_size} bytes, shorter than the 8-byte header length"
         )
-    header_len = int.from_bytes(_read_exact(fd, path, 0, _PREFIX_BYTES), "little")
+    prefix = _read_exact(fd, path, 0, _PREFIX_BYTES)
+    header_len = int.from_bytes(prefix, "little")
     if header_len < 2 or header_len > MAX_HEADER_BYTES:
         raise HeaderError(
             path,
@@ -194,13 +201,14 @@ def read_header_fd(fd: int, path: Path) -> SafetensorsHeader:
     ]
     tensors.sort(key=lambda t: (t.start, t.end, t.name))
     _check_tiling(path, tensors, data_start, file_size)
-    return SafetensorsHeader(
+    header = SafetensorsHeader(
         path=path,
         tensors=tuple(tensors),
         metadata=MappingProxyType(metadata),
         data_start=data_start,
         file_size=file_size,
     )
+    return header, prefix + raw
 
 
 def _parse_json(path: Path, raw: bytes) -> _JsonObject:

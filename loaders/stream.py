@@ -9,6 +9,10 @@ On CPU the chunks are read straight into that allocation, with no copy. On CUDA 
 fixed pool of pinned host buffers and copied to the device on a side stream, so that reads overlap
 with copies; a buffer is refilled only once the event recorded after its last copy has completed.
 Either way, returned tensors never alias a buffer that is reused.
+
+Files pinned to a SHA-256 digest are hashed from what was read (the header bytes and the data
+region), never read twice; on CPU each file is hashed in a worker as soon as its last chunk lands,
+overlapping with the reads of the files after it.
 """
 
 from __future__ import annotations
@@ -18,21 +22,31 @@ import logging
 import os
 import queue
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from loaders.errors import DuplicateTensorError, TruncatedFileError, WeightsReadError
-from loaders.header import DTYPES, SafetensorsHeader, TensorInfo, read_header_fd
+from loaders.digests import pinned_files, sha256_of_loaded
+from loaders.errors import (
+    DigestMismatchError,
+    DuplicateTensorError,
+    TruncatedFileError,
+    WeightsReadError,
+)
+from loaders.header import DTYPES, SafetensorsHeader, TensorInfo, read_header_and_bytes_fd
+from loaders.mapping import map_file, mapped_region, populate
+from loaders.progress import ProgressLog
+from loaders.storage import is_network_filesystem
 
 __all__ = ["LoadStats", "ReadChunk", "load_weights", "plan_chunks"]
 
 logger = logging.getLogger(__name__)
 
-_DEBUG_EVERY = 0.1  # fraction of the bytes between two DEBUG progress lines
+_READS_PER_THREAD = 4
+_MIN_READ_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,8 @@ class LoadStats:
     seconds: float
     num_tensors: int
     num_files: int
+    num_verified_files: int = 0
+    mapped: bool = False  # zero-copy mapping of the page cache, not reads into owned memory
 
     @property
     def gbps(self) -> float:
@@ -82,42 +98,73 @@ def load_weights(
     files: Sequence[Path],
     *,
     device: torch.device | str = "cpu",
-    num_threads: int = 4,
+    num_threads: int = 8,
     chunk_bytes: int = 16 << 20,
     progress: Callable[[int, int], None] | None = None,
+    expected_sha256: Mapping[str, str] | None = None,
+    mapped: bool | None = None,
 ) -> tuple[dict[str, torch.Tensor], LoadStats]:
     """Load every tensor of safetensors files onto a device.
 
-    All headers are validated before any data is read, so a bad file fails fast.
+    All headers are validated before any data is read, so a bad file fails fast. A load that takes
+    more than a second logs its progress at INFO about once a second; every load logs one summary.
 
     Args:
         files: safetensors files, e.g. the shards of one checkpoint.
         device: where the tensors go.
         num_threads: concurrent reads.
-        chunk_bytes: size of one read (and of one pinned staging buffer on CUDA).
+        chunk_bytes: the largest read (and pinned staging buffer on CUDA); a small load uses
+            smaller reads, down to 1 MiB, so that every thread has several.
         progress: called as `progress(bytes_done, bytes_total)` after each chunk, always from the
             calling thread.
+        expected_sha256: SHA-256 hex digests of whole files (header included) by file name, as
+            `parse_digest_pins` or `recorded_digests` give them; files not named are not checked.
+        mapped: CPU only: map the files copy-on-write and fault their pages in with the same
+            chunked parallel reads, instead of reading into owned memory. No allocation and no
+            copy, but the tensors share the page cache (see `loaders.mapping`): for read-only
+            local storage, never a network filesystem. None (the default) maps on the CPU when
+            every file is on local storage (`loaders.storage`) and reads eagerly otherwise.
 
     Returns:
         The tensors by name, in the files' dtypes, and the load figures.
 
     Raises:
         CorruptWeightsError: a file is not valid safetensors, or a name is in two files.
+        DigestMismatchError: a pinned file's digest differs (a CorruptWeightsError).
         WeightsReadError: a file cannot be opened or read.
+        ValueError: a bad argument, or a pin that is not a digest or names no file to load.
     """
     if num_threads < 1 or chunk_bytes < 1:
         raise ValueError(f"num_threads and chunk_bytes must be >= 1: {num_threads}, {chunk_bytes}")
     target = torch.device(device)
     if target.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be a cpu or cuda device, got {target}")
+    if mapped and target.type != "cpu":
+        raise ValueError(f"mapped loads are for the cpu device only, got {target}")
     paths = [Path(file) for file in files]
+    if mapped is None:
+        mapped = target.type == "cpu" and not any(map(is_network_filesystem, paths))
+    pins = pinned_files(expected_sha256 or {}, paths)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         fds = [_open(path, stack) for path in paths]
-        headers = [read_header_fd(fd, path) for fd, path in zip(fds, paths, strict=True)]
+        opened = [read_header_and_bytes_fd(fd, path) for fd, path in zip(fds, paths, strict=True)]
+        headers = [header for header, _ in opened]
+        # Only pinned files keep their header bytes: a header may be up to 100 MB.
+        heads = {index: opened[index][1] for index in pins}
+        del opened
         _check_unique_names(headers)
-        chunks = plan_chunks([(h.data_start, h.file_size) for h in headers], chunk_bytes)
-        regions = [torch.empty(h.data_bytes, dtype=torch.uint8, device=target) for h in headers]
+        total = sum(h.data_bytes for h in headers)
+        chunks = plan_chunks(
+            [(h.data_start, h.file_size) for h in headers],
+            _read_size(total, num_threads, chunk_bytes),
+        )
+        maps = [map_file(fd, path) for fd, path in zip(fds, paths, strict=True)] if mapped else []
+        regions = (
+            [mapped_region(mapping, header) for mapping, header in zip(maps, headers, strict=True)]
+            if mapped
+            else [torch.empty(h.data_bytes, dtype=torch.uint8, device=target) for h in headers]
+        )
         staging: _CudaStaging | None = None
         copy_in: Callable[[int, Path, torch.Tensor, int], None] = _pread_to_host
         if target.type == "cuda":
@@ -126,20 +173,59 @@ def load_weights(
             staging = _CudaStaging(target, min(2 * num_threads, len(chunks)), largest)
             copy_in = staging.read
 
-        def read_chunk(chunk: ReadChunk) -> int:
+        def read_chunk(chunk: ReadChunk) -> None:
             index = chunk.file_index
+            if mapped:
+                populate(maps[index], paths[index], chunk.offset, chunk.length)
+                return
             begin = chunk.offset - headers[index].data_start
             dest = regions[index][begin : begin + chunk.length]
             copy_in(fds[index], paths[index], dest, chunk.offset)
-            return chunk.length
 
-        total = sum(h.data_bytes for h in headers)
+        hashing: ThreadPoolExecutor | None = None
+        if pins:
+            hashing = ThreadPoolExecutor(min(num_threads, len(pins)), "loaders-hash")
+            # On failure, hashes not yet started are dropped; on success none are left.
+            stack.callback(hashing.shutdown, wait=True, cancel_futures=True)
+        digests: dict[int, Future[str]] = {}
+
+        def hash_file(index: int) -> None:
+            if hashing is not None and index in pins:
+                digests[index] = hashing.submit(
+                    sha256_of_loaded, heads[index], regions[index], chunk_bytes
+                )
+
+        remaining = [h.data_bytes for h in headers]
+        done = 0
+        report = ProgressLog(total, started=started)
+
+        def chunk_done(chunk: ReadChunk) -> None:
+            nonlocal done
+            done += chunk.length
+            remaining[chunk.file_index] -= chunk.length
+            if staging is None and remaining[chunk.file_index] == 0:
+                hash_file(chunk.file_index)
+            if progress is not None:
+                progress(done, total)
+            report.update(done)
+
         try:
-            _read_all(chunks, read_chunk, num_threads, total, progress)
+            if staging is None:
+                for index in (index for index, size in enumerate(remaining) if size == 0):
+                    hash_file(index)
+            _read_all(chunks, read_chunk, num_threads, chunk_done)
         finally:
             # Even on failure: the regions must not be freed while copies into them are queued.
             if staging is not None:
                 staging.finish()
+        if staging is not None:
+            # On a device, a region is complete only once every copy into it has finished.
+            for index in range(len(paths)):
+                hash_file(index)
+        for index in sorted(digests):
+            actual = digests[index].result()
+            if actual != pins[index]:
+                raise DigestMismatchError(paths[index], expected=pins[index], actual=actual)
     tensors = {
         info.name: _typed_view(region, header, info)
         for region, header in zip(regions, headers, strict=True)
@@ -150,17 +236,32 @@ def load_weights(
         seconds=time.perf_counter() - started,
         num_tensors=len(tensors),
         num_files=len(headers),
+        num_verified_files=len(digests),
+        mapped=mapped,
     )
     logger.info(
-        "loaded %d tensors from %d files: %d bytes in %.3f s (%.2f GB/s) to %s",
+        "loaded %d tensors from %d files: %d bytes in %.3f s (%.2f GB/s) to %s (%s), "
+        "%d sha256-verified",
         stats.num_tensors,
         stats.num_files,
         stats.num_bytes,
         stats.seconds,
         stats.gbps,
         target,
+        "mapped" if mapped else "read",
+        stats.num_verified_files,
     )
     return tensors, stats
+
+
+def _read_size(total_bytes: int, num_threads: int, chunk_bytes: int) -> int:
+    """`chunk_bytes`, or less so that each thread gets `_READS_PER_THREAD` reads to overlap.
+
+    On network storage a read costs round trips whatever its size, so idle threads are lost
+    throughput: 90 MB in 16 MB chunks would keep only 6 of 8 threads busy, and none for the tail.
+    """
+    spread = -(-total_bytes // (num_threads * _READS_PER_THREAD))
+    return min(chunk_bytes, max(spread, _MIN_READ_BYTES))
 
 
 def _open(path: Path, stack: contextlib.ExitStack) -> int:
@@ -206,23 +307,17 @@ def _pread_to_host(fd: int, path: Path, dest: torch.Tensor, offset: int) -> None
 
 def _read_all(
     chunks: Sequence[ReadChunk],
-    read_chunk: Callable[[ReadChunk], int],
+    read_chunk: Callable[[ReadChunk], None],
     num_threads: int,
-    total: int,
-    progress: Callable[[int, int], None] | None,
+    chunk_done: Callable[[ReadChunk], None],
 ) -> None:
-    done = 0
-    next_debug = _DEBUG_EVERY
+    """Read every chunk on a pool; call `chunk_done` for each, in the calling thread."""
     with ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="loaders-read") as pool:
-        futures = [pool.submit(read_chunk, chunk) for chunk in chunks]
+        futures = {pool.submit(read_chunk, chunk): chunk for chunk in chunks}
         try:
             for future in as_completed(futures):
-                done += future.result()
-                if progress is not None:
-                    progress(done, total)
-                if done >= next_debug * total:
-                    logger.debug("read %d of %d bytes", done, total)
-                    next_debug = done / total + _DEBUG_EVERY
+                future.result()
+                chunk_done(futures[future])
         except BaseException:
             # Leaving the pool waits for reads in flight; the queued ones must not start.
             for future in futures:

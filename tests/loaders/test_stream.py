@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -155,11 +156,11 @@ def test_dtype_without_safetensors_torch_support_matches_file_bytes(tmp_path: Pa
     assert bytes(tensors["scale"].view(torch.uint8).reshape(-1).tolist()) == data
 
 
-def test_tensors_are_owned_not_mapped(single_file: Path, tmp_path: Path) -> None:
+def test_read_tensors_are_owned_not_mapped(single_file: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy.safetensors"
     copy.write_bytes(single_file.read_bytes())
-    tensors, _ = load_weights([copy], chunk_bytes=64)
-    again, _ = load_weights([copy], chunk_bytes=64)
+    tensors, _ = load_weights([copy], chunk_bytes=64, mapped=False)
+    again, _ = load_weights([copy], chunk_bytes=64, mapped=False)
     header = read_header(copy)
     # Zero the file's data in place: tensors mapped from the file would change with it.
     copy.write_bytes(copy.read_bytes()[: header.data_start] + bytes(header.data_bytes))
@@ -251,7 +252,7 @@ def test_file_that_shrinks_while_streaming_is_truncated(
 
     monkeypatch.setattr(os, "preadv", shrunk_preadv)
     with pytest.raises(TruncatedFileError, match=r"model\.safetensors"):
-        load_weights([single_file], num_threads=3, chunk_bytes=64)
+        load_weights([single_file], num_threads=3, chunk_bytes=64, mapped=False)
 
 
 def test_read_past_the_end_of_file_is_truncated(tmp_path: Path) -> None:
@@ -312,3 +313,69 @@ def test_plan_covers_each_region_exactly_once(
             assert chunk.offset == cursor
             cursor += chunk.length
         assert cursor == end
+
+
+@pytest.mark.parametrize("chunk_bytes", [7, 4096, 1 << 30])
+@pytest.mark.parametrize("num_threads", [1, 4])
+def test_mapped_load_is_bit_identical(
+    single_file: Path, shards: list[Path], chunk_bytes: int, num_threads: int
+) -> None:
+    tensors, stats = load_weights(
+        [single_file], num_threads=num_threads, chunk_bytes=chunk_bytes, mapped=True
+    )
+    _assert_identical(tensors, load_file(single_file))
+    header = read_header(single_file)
+    assert stats.num_bytes == header.data_bytes
+    tensors, _ = load_weights(shards, num_threads=num_threads, chunk_bytes=chunk_bytes, mapped=True)
+    expected: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        expected.update(load_file(shard))
+    _assert_identical(tensors, expected)
+
+
+def test_mapped_unaligned_tensors_get_their_own_storage(tmp_path: Path) -> None:
+    entries = {
+        "u8": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+        "f32": {"dtype": "F32", "shape": [2], "data_offsets": [3, 11]},
+        "f64": {"dtype": "F64", "shape": [1], "data_offsets": [11, 19]},
+    }
+    path = _write_raw(tmp_path / "unaligned.safetensors", entries, bytes(range(19)))
+    tensors, _ = load_weights([path], chunk_bytes=5, mapped=True)
+    _assert_identical(tensors, load_file(path))
+    for tensor in tensors.values():
+        assert tensor.data_ptr() % tensor.element_size() == 0
+
+
+def test_writes_to_mapped_tensors_never_reach_the_file(single_file: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(single_file.read_bytes())
+    tensors, _ = load_weights([copy], mapped=True)
+    tensors["f32.4"].fill_(1.5)
+    assert torch.equal(tensors["f32.4"], torch.full((5,), 1.5))
+    del tensors
+    _assert_identical(load_file(copy), load_file(single_file))
+
+
+def test_mapped_load_verifies_digests(single_file: Path) -> None:
+    digest = hashlib.sha256(single_file.read_bytes()).hexdigest()
+    _, stats = load_weights([single_file], mapped=True, expected_sha256={single_file.name: digest})
+    assert stats.num_verified_files == 1
+
+
+def test_mapped_load_is_for_the_cpu_only(single_file: Path) -> None:
+    with pytest.raises(ValueError, match="cpu device only"):
+        load_weights([single_file], device="cuda", mapped=True)
+
+
+@pytest.mark.parametrize(("num_threads", "expected_reads"), [(1, 4), (2, 8), (8, 12)])
+def test_small_loads_are_split_so_every_thread_has_reads(
+    tmp_path: Path, num_threads: int, expected_reads: int
+) -> None:
+    path = tmp_path / "twelve.safetensors"
+    save_file({"w": torch.zeros(12 << 20, dtype=torch.uint8)}, path)
+    calls: list[tuple[int, int]] = []
+    # 12 MiB in 16 MiB chunks would be one read: 4 reads per thread instead, of at least 1 MiB.
+    load_weights(
+        [path], num_threads=num_threads, chunk_bytes=16 << 20, progress=lambda *a: calls.append(a)
+    )
+    assert len(calls) == expected_reads
