@@ -16,6 +16,9 @@ TASKS = ("embed", "classify")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
+LOAD_MODES = ("auto", "mmap", "read")
+_SHA256 = r"[0-9a-fA-F]{64}"
+_PINS = re.compile(rf"^(recorded|{_SHA256}|[^=,\s]+={_SHA256}(,[^=,\s]+={_SHA256})*)$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -50,6 +53,8 @@ class Settings:
     auth_token_file: str | None = None
     load_threads: int = 8
     load_chunk_mb: int = 16
+    load_mode: str = "auto"
+    model_sha256: str | None = None
     warmup: bool = True
     drain_timeout_s: float = 30.0
     log_level: str = "info"
@@ -93,6 +98,8 @@ class Settings:
             auth_token_file=env.get("SIDECAR_AUTH_TOKEN_FILE", _nonempty, None),
             load_threads=env.get("SIDECAR_LOAD_THREADS", _int_in(1, 256), 8),
             load_chunk_mb=env.get("SIDECAR_LOAD_CHUNK_MB", _int_in(1, 1024), 16),
+            load_mode=env.get("SIDECAR_LOAD_MODE", _choice(LOAD_MODES), "auto"),
+            model_sha256=env.get("SIDECAR_MODEL_SHA256", _digest_pins, None),
             warmup=env.get("SIDECAR_WARMUP", _bool, True),
             drain_timeout_s=env.get("SIDECAR_DRAIN_TIMEOUT_S", _float_in(0.0, 3600.0), 30.0),
             log_level=env.get("SIDECAR_LOG_LEVEL", _choice(LOG_LEVELS), "info"),
@@ -128,6 +135,8 @@ class Settings:
                 str(self.max_input_tokens),
                 f"at most SIDECAR_BATCH_MAX_TOKENS ({self.batch_max_tokens})",
             )
+        if self.load_mode == "mmap" and self.device.startswith("cuda"):
+            raise ConfigError("SIDECAR_LOAD_MODE", "mmap", "auto or read with a CUDA device")
         if self.port == 0 and self.uds is None:
             raise ConfigError("SIDECAR_PORT", "0", "a TCP port, unless SIDECAR_UDS is set")
 
@@ -216,6 +225,14 @@ def _octal_mode(raw: str) -> int:
     if not re.fullmatch(r"0?o?[0-7]{3,4}", raw):
         raise ValueError("an octal file mode such as 0660")
     return int(raw.replace("o", ""), 8)
+
+
+def _digest_pins(raw: str) -> str:
+    if not _PINS.match(raw):
+        raise ValueError(
+            "'recorded', one sha256 hex digest, or name=digest pairs separated by commas"
+        )
+    return raw
 
 
 def _socket_path(raw: str) -> str:

@@ -44,6 +44,8 @@ class LoadReport:
     weight_files: int
     weight_bytes: int
     num_tensors: int
+    mapped: bool
+    verified_files: int
     resolve_s: float
     weights_s: float
     build_s: float
@@ -60,6 +62,8 @@ class LoadReport:
             "weight_files": self.weight_files,
             "bytes": self.weight_bytes,
             "tensors": self.num_tensors,
+            "mode": "mmap" if self.mapped else "read",
+            "sha256_verified_files": self.verified_files,
             "seconds": round(self.weights_s, 4),
             "gb_per_s": round(self.weights_gbps, 3),
             "phases_s": {
@@ -226,6 +230,8 @@ def load_model(
             device=device,
             num_threads=settings.load_threads,
             chunk_bytes=settings.load_chunk_mb << 20,
+            expected_sha256=_digest_pins(settings.model_sha256, source),
+            mapped={"auto": None, "mmap": True, "read": False}[settings.load_mode],
         )
         loaded = time.perf_counter()
         model = load_text_model(
@@ -258,6 +264,8 @@ def load_model(
     report = LoadReport(
         source=spec if settings.model else "demo:all-MiniLM-L6-v2",
         revision=source.revision,
+        mapped=stats.mapped,
+        verified_files=stats.num_verified_files,
         weight_files=stats.num_files,
         weight_bytes=stats.num_bytes,
         num_tensors=stats.num_tensors,
@@ -267,3 +275,21 @@ def load_model(
         warmup_s=warmed - built,
     )
     return model, source, report
+
+
+def _digest_pins(value: str | None, source: loaders.ModelSource) -> dict[str, str] | None:
+    """SIDECAR_MODEL_SHA256 as {file name: digest}: given pins, or the snapshot's own record."""
+    if value is None:
+        return None
+    if value == "recorded":
+        recorded = loaders.recorded_digests(source)
+        if not recorded:
+            raise StartupError(
+                "SIDECAR_MODEL_SHA256=recorded, but the model source records no digests "
+                "(Hugging Face cache snapshots do; a plain directory does not)"
+            )
+        return recorded
+    try:
+        return loaders.parse_digest_pins(value, source.weight_files)
+    except ValueError as exc:
+        raise StartupError(f"SIDECAR_MODEL_SHA256: {exc}") from None

@@ -156,6 +156,8 @@ async def test_sigterm_drains_in_flight_requests(
         ("SIDECAR_TASK", "generate-images"),
         ("SIDECAR_DRAIN_TIMEOUT_S", "nan"),
         ("SIDECAR_AUTH_TOKEN_FILE", "/nonexistent/token"),
+        ("SIDECAR_MODEL_SHA256", "abc123"),
+        ("SIDECAR_LOAD_MODE", "lazy"),
     ],
 )
 def test_invalid_env_exits_2_naming_the_variable(
