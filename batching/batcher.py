@@ -16,7 +16,9 @@ While the device is busy the queue fills on its own: the next full batch is prep
 current one runs (exactly one runs at a time), and a partial batch goes when the device frees.
 
 Which items: the oldest queued item always goes in the next batch, then items passed over by an
-earlier batch for longer than the window, then items of similar length (least padding first).
+earlier batch for longer than the window and one forward pass (so no item is passed over by more
+than about two batches), then items of similar length (least padding first) as long as padding
+stays under `max_padding`.
 Items whose deadline passed or whose caller went away are dropped and never reach `run`.
 
 Failures: if `run` raises, the batch is split in halves and each retried, down to single items,
@@ -103,6 +105,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         self._seq = itertools.count()
         self._arrivals = ArrivalRate()
         self._drain_per_s = 0.0
+        self._batch_s = 0.0  # recent forward-pass time (exponentially weighted)
         self._inflight = 0
         self._idle_since = clock()
         self._oom_until = -math.inf
@@ -255,16 +258,15 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         config, queued = self.config, len(self._queue)
         budget = self.token_budget(now)
         might_fill = queued >= config.max_size or queued * self._queue.largest_cost() > budget
+        # A full batch goes at once; on a busy device it is prepared while the current one runs.
+        if might_fill and self._dispatch(now, budget, full_only=True):
+            return 0.0
         if self._inflight:
-            # Busy device: only a full batch goes now, prepared while the current one runs.
-            if might_fill and self._dispatch(now, budget, full_only=True):
-                return 0.0
             return math.inf
         waited = now - oldest.enqueued_at
         enough = queued >= config.min_size
         if (
-            might_fill
-            or (enough and waited >= config.window_s)
+            (enough and waited >= config.window_s)
             or waited >= 2 * config.window_s
             or (
                 enough
@@ -280,9 +282,11 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         config = self.config
         batch = self._queue.take(
             now,
-            window_s=config.window_s,
+            # Passed over for longer than the window and one forward pass: goes first.
+            window_s=max(config.window_s, self._batch_s),
             max_size=config.max_size,
             max_tokens=budget,
+            max_padding=config.max_padding,
             full_only=full_only,
         )
         if not batch:
@@ -356,6 +360,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
                 entry.future.set_result(result)
         size = len(live)
         self._drain_per_s += 0.3 * (size / max(elapsed, 1e-6) - self._drain_per_s)
+        self._batch_s += 0.3 * (elapsed - self._batch_s)
         self._observer.on_batch(
             BatchStats(
                 size=size,

@@ -17,6 +17,8 @@ class BatchConfig:
         max_tokens: padded tokens per batch (items x largest cost), never exceeded.
         queue_max: queued items; a submission that would exceed it is rejected at once.
         adaptive: dispatch before the window runs out when arrivals say waiting cannot pay off.
+        max_padding: the largest share of a batch's padded tokens that may be padding, beyond
+            the items that must go first (1.0: no limit); a batch that reaches it is full.
         oom_cooldown_s: how long the token budget stays halved after an out-of-memory error.
     """
 
@@ -26,6 +28,7 @@ class BatchConfig:
     max_tokens: int = 16384
     queue_max: int = 512
     adaptive: bool = True
+    max_padding: float = 1.0
     oom_cooldown_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -39,5 +42,7 @@ class BatchConfig:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.queue_max < 1:
             raise ValueError(f"queue_max must be >= 1, got {self.queue_max}")
+        if not 0.0 <= self.max_padding <= 1.0:
+            raise ValueError(f"max_padding must be within [0, 1], got {self.max_padding}")
         if self.oom_cooldown_s < 0:
             raise ValueError(f"oom_cooldown_s must be >= 0, got {self.oom_cooldown_s}")

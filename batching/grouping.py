@@ -16,11 +16,14 @@ class Selection:
         padded_tokens: len(indices) x the largest chosen cost.
         full: the batch holds `max_size` items, or the token bound stopped it while candidates
             remained.
+        capped: `max_padding` stopped it while candidates remained. That decides which items
+            go, not when: a capped batch is not full.
     """
 
     indices: tuple[int, ...]
     padded_tokens: int
     full: bool
+    capped: bool = False
 
 
 def select_batch(
@@ -29,6 +32,7 @@ def select_batch(
     *,
     max_size: int,
     max_tokens: int,
+    max_padding: float = 1.0,
 ) -> Selection:
     """Pick a batch from candidates ordered oldest first.
 
@@ -36,30 +40,39 @@ def select_batch(
     than the window) are taken first, in age order. The rest are added greedily by the least
     padding they add: an item no longer than the current longest wastes `longest - cost`
     tokens, a longer one wastes `size x (cost - longest)`. Nothing is added that would break
-    `max_size` or `max_tokens` (padded: items x longest); a lone item is always allowed, so a
-    batch is never empty while candidates exist.
+    `max_size` or `max_tokens` (padded: items x longest), and nothing beyond the priority ones
+    that would leave more than `max_padding` of the padded tokens as padding: on a compute-bound
+    device padding is wasted work, so similar lengths go together and the rest wait for the next
+    batch. A lone item is always allowed, so a batch is never empty while candidates exist.
 
     Args:
         costs: per-candidate cost (token length), oldest candidate first.
         num_priority: how many leading candidates must go first.
         max_size: items per batch.
         max_tokens: padded tokens per batch.
+        max_padding: the largest share of padding tokens (1.0: no limit).
 
     Returns:
         The chosen indices, their padded token count and whether a bound was hit.
     """
     chosen: list[int] = []
     longest = 0
+    real = 0
 
     def fits(cost: int) -> bool:
         size = len(chosen) + 1
         return size <= max_size and (not chosen or size * max(longest, cost) <= max_tokens)
+
+    def pads_too_much(cost: int) -> bool:
+        padded = (len(chosen) + 1) * max(longest, cost)
+        return 1.0 - (real + cost) / padded > max_padding
 
     for index in range(min(num_priority, len(costs))):
         if not fits(costs[index]):
             return Selection(tuple(chosen), len(chosen) * longest, True)
         chosen.append(index)
         longest = max(longest, costs[index])
+        real += costs[index]
 
     rest = sorted(range(len(chosen), len(costs)), key=lambda i: (costs[i], i))
     # `below` walks down from the longest candidate not longer than `longest`, `above` walks up.
@@ -75,8 +88,12 @@ def select_batch(
             if take_below or below < 0 or not fits(costs[rest[below]]):
                 return Selection(tuple(chosen), len(chosen) * longest, True)
             take_below, index = True, rest[below]
+        if pads_too_much(costs[index]):
+            # The least wasteful candidate pads too much: so would every later one.
+            return Selection(tuple(chosen), len(chosen) * longest, False, capped=True)
         chosen.append(index)
         longest = max(longest, costs[index])
+        real += costs[index]
         if take_below:
             below -= 1
         else:

@@ -71,7 +71,14 @@ class ItemQueue(Generic[ItemT, ResultT]):
         return max((e.cost for e in self._entries.values()), default=0)
 
     def take(
-        self, now: float, *, window_s: float, max_size: int, max_tokens: int, full_only: bool
+        self,
+        now: float,
+        *,
+        window_s: float,
+        max_size: int,
+        max_tokens: int,
+        max_padding: float,
+        full_only: bool,
     ) -> list[Entry[ItemT, ResultT]]:
         """Remove and return the next batch; empty when `full_only` and no full batch exists.
 
@@ -93,7 +100,11 @@ class ItemQueue(Generic[ItemT, ResultT]):
         first = {e.seq for e in priority}
         candidates = priority + [e for e in live if e.seq not in first]
         selection = select_batch(
-            [e.cost for e in candidates], len(priority), max_size=max_size, max_tokens=max_tokens
+            [e.cost for e in candidates],
+            len(priority),
+            max_size=max_size,
+            max_tokens=max_tokens,
+            max_padding=max_padding,
         )
         if full_only and not selection.full:
             return []

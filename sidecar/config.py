@@ -39,6 +39,7 @@ class Settings:
     batch_max_size: int = 32
     batch_max_tokens: int = 16384
     batch_adaptive: bool = True
+    batch_max_padding: float | None = None  # None: by device (see engine.CPU_MAX_PADDING)
     queue_max: int = 512
     request_timeout_ms: int = 30000
     max_input_tokens: int | None = None
@@ -84,6 +85,7 @@ class Settings:
             batch_max_size=env.get("SIDECAR_BATCH_MAX_SIZE", _int_in(1, 4096), 32),
             batch_max_tokens=env.get("SIDECAR_BATCH_MAX_TOKENS", _int_in(1, 1 << 24), 16384),
             batch_adaptive=env.get("SIDECAR_BATCH_ADAPTIVE", _bool, True),
+            batch_max_padding=env.get("SIDECAR_BATCH_MAX_PADDING", _float_in(0.0, 1.0), None),
             queue_max=env.get("SIDECAR_QUEUE_MAX", _int_in(1, 1 << 20), 512),
             request_timeout_ms=env.get("SIDECAR_REQUEST_TIMEOUT_MS", _int_in(1, 3_600_000), 30000),
             max_input_tokens=env.get("SIDECAR_MAX_INPUT_TOKENS", _int_in(2, 1 << 20), None),

@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 # Tokenizing this many characters takes well under a millisecond: cheaper on the loop than a
 # thread hop. Anything longer is tokenized on its own thread, overlapped with forward passes.
 INLINE_TOKENIZE_CHARS = 1024
+# Padding is wasted compute on a CPU (one forward's cost follows its padded tokens), so batches
+# there keep padding under this share; on CUDA larger batches pay for padding, so no cap.
+CPU_MAX_PADDING = 0.5
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class Engine:
                 max_tokens=settings.batch_max_tokens,
                 queue_max=settings.queue_max,
                 adaptive=settings.batch_adaptive,
+                max_padding=_max_padding(settings, model.device),
             ),
             observer=observer,
             is_oom=lambda exc: isinstance(exc, torch.cuda.OutOfMemoryError),
@@ -167,6 +171,12 @@ def is_fatal_device_error(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and (
         "CUDA error" in message or "CUBLAS_STATUS" in message or "cuDNN error" in message
     )
+
+
+def _max_padding(settings: Settings, device: torch.device) -> float:
+    if settings.batch_max_padding is not None:
+        return settings.batch_max_padding
+    return CPU_MAX_PADDING if device.type == "cpu" else 1.0
 
 
 def resolve_device(spec: str) -> torch.device:

@@ -52,3 +52,30 @@ def test_lone_item_over_budget_still_goes() -> None:
     selection = select_batch([600, 10], 1, max_size=8, max_tokens=500)
     assert selection.indices == (0,)
     assert selection.full
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    costs=st.lists(st.integers(1, 512), min_size=1, max_size=120),
+    num_priority=st.integers(0, 6),
+    max_padding=st.floats(0.0, 1.0),
+)
+def test_padding_cap_holds_beyond_the_priority_items(
+    costs: list[int], num_priority: int, max_padding: float
+) -> None:
+    selection = select_batch(
+        costs, num_priority, max_size=64, max_tokens=1 << 20, max_padding=max_padding
+    )
+    chosen = selection.indices
+    if len(chosen) > min(num_priority, len(costs)) and len(chosen) > 1:
+        real = sum(costs[i] for i in chosen)
+        assert 1 - real / selection.padded_tokens <= max_padding + 1e-9
+    if not selection.full and not selection.capped:
+        assert len(chosen) == len(costs)
+
+
+def test_padding_cap_groups_lengths_into_smaller_batches() -> None:
+    costs = [10, 100, 11, 98, 12, 101, 9, 99]
+    selection = select_batch(costs, 1, max_size=32, max_tokens=100_000, max_padding=0.25)
+    assert sorted(costs[i] for i in selection.indices) == [9, 10, 11, 12]
+    assert selection.capped and not selection.full
