@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.harness import ROOT, closed_loop, corpus, histogram_delta, serve
+from benchmarks.harness import ROOT, closed_loop, corpus, histogram_delta, predict_bodies, serve
 
 
 def in_process(texts: list[str], batch_size: int, dtype: str) -> dict[str, float]:
@@ -66,17 +66,18 @@ def in_process(texts: list[str], batch_size: int, dtype: str) -> dict[str, float
 async def served(texts: list[str], concurrency: int, batch_size: int, dtype: str) -> dict[str, Any]:
     env = {"SIDECAR_DTYPE": dtype, "SIDECAR_BATCH_MAX_SIZE": str(batch_size)}
     results: dict[str, Any] = {}
+    bodies = predict_bodies(texts)
     with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as socket_dir:
         async with serve(env, socket_dir) as server:
             for transport in ("uds", "tcp"):
                 session, base = server.session(transport)
                 async with session:
                     url = f"{base}/v1/predict"
-                    await closed_loop(session, url, texts[:64], 8)  # warm the connections
+                    await closed_loop(session, url, bodies[:64], 8)  # warm the connections
                     before = await server.metrics()
-                    saturated = await closed_loop(session, url, texts, concurrency)
+                    saturated = await closed_loop(session, url, bodies, concurrency)
                     after = await server.metrics()
-                    single = await closed_loop(session, url, texts[:300], 1)
+                    single = await closed_loop(session, url, bodies[:300], 1)
                 results[f"{transport}_saturated"] = saturated.summary() | {
                     "batch_sizes": histogram_delta(before, after, "sidecar_batch_size"),
                     "padding_ratio": histogram_delta(before, after, "sidecar_batch_padding_ratio"),

@@ -146,11 +146,17 @@ class LoadResult:
         }
 
 
-async def _one(session: aiohttp.ClientSession, url: str, text: str, result: LoadResult) -> None:
+def predict_bodies(texts: list[str]) -> list[dict[str, Any]]:
+    """One `/v1/predict` body per text: the request shape every sidecar run sends."""
+    return [{"inputs": [text], "parameters": {"truncate": True}} for text in texts]
+
+
+async def _one(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], result: LoadResult
+) -> None:
     result.sent += 1
     started = time.perf_counter()
     try:
-        body = {"inputs": [text], "parameters": {"truncate": True}}
         async with session.post(url, json=body) as r:
             await r.read()
             status = r.status
@@ -165,11 +171,11 @@ async def _one(session: aiohttp.ClientSession, url: str, text: str, result: Load
 
 
 async def closed_loop(
-    session: aiohttp.ClientSession, url: str, texts: list[str], concurrency: int
+    session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]], concurrency: int
 ) -> LoadResult:
     """`concurrency` clients, each sending its next request when the last one is answered."""
     result = LoadResult()
-    queue = list(reversed(texts))
+    queue = list(reversed(bodies))
 
     async def client() -> None:
         while queue:
@@ -182,20 +188,24 @@ async def closed_loop(
 
 
 async def open_loop(
-    session: aiohttp.ClientSession, url: str, texts: list[str], rate_per_s: float, seed: int = 1
+    session: aiohttp.ClientSession,
+    url: str,
+    bodies: list[dict[str, Any]],
+    rate_per_s: float,
+    seed: int = 1,
 ) -> LoadResult:
-    """Poisson arrivals at `rate_per_s`, one request per text, whatever the server's pace."""
+    """Poisson arrivals at `rate_per_s`, one request per body, whatever the server's pace."""
     result = LoadResult()
     rng = random.Random(seed)
     tasks = []
     started = time.perf_counter()
     due = started
-    for text in texts:
+    for body in bodies:
         due += rng.expovariate(rate_per_s)
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(_one(session, url, text, result)))
+        tasks.append(asyncio.create_task(_one(session, url, body, result)))
     await asyncio.gather(*tasks)
     result.elapsed_s = time.perf_counter() - started
     return result

@@ -33,7 +33,15 @@ from typing import Any
 
 import torch
 
-from benchmarks.harness import ROOT, closed_loop, corpus, histogram_delta, open_loop, serve
+from benchmarks.harness import (
+    ROOT,
+    closed_loop,
+    corpus,
+    histogram_delta,
+    open_loop,
+    predict_bodies,
+    serve,
+)
 
 BATCH_SIZES = (8, 16, 32, 64)
 
@@ -91,16 +99,17 @@ async def served(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
     """Our server's runs; with peers, also `tcp/open/half` at half our TCP saturation rate."""
     env = {"SIDECAR_DTYPE": args.dtype, "SIDECAR_BATCH_MAX_SIZE": str(args.batch_size)}
     runs: dict[str, Any] = {}
+    bodies = predict_bodies(texts)
     with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as socket_dir:
         async with serve(env, socket_dir) as server:
             for transport in args.transports:
                 session, base = server.session(transport)
                 async with session:
                     url = f"{base}/v1/predict"
-                    await closed_loop(session, url, texts[:64], 8)  # warm the connections
+                    await closed_loop(session, url, bodies[:64], 8)  # warm the connections
                     for c in args.concurrency:
                         before = await server.metrics()
-                        result = await closed_loop(session, url, texts, c)
+                        result = await closed_loop(session, url, bodies, c)
                         after = await server.metrics()
                         runs[f"{transport}/closed/{c}"] = result.summary() | {
                             "batch_sizes": histogram_delta(before, after, "sidecar_batch_size"),
@@ -109,12 +118,12 @@ async def served(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
                             ),
                         }
                     for rate in args.rates:
-                        result = await open_loop(session, url, texts, rate)
+                        result = await open_loop(session, url, bodies, rate)
                         runs[f"{transport}/open/{rate:g}"] = result.summary()
                     if args.peers and transport == "tcp":
                         top = runs[f"tcp/closed/{max(args.concurrency)}"]["throughput_per_s"]
                         half = round(top / 2, 1)
-                        result = await open_loop(session, url, texts, half)
+                        result = await open_loop(session, url, bodies, half)
                         runs["tcp/open/half"] = result.summary() | {"rate_per_s": half}
     return runs
 

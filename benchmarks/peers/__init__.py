@@ -3,8 +3,8 @@
 Each peer runs from its own virtual environment under .bench-venvs/<peer> (made by
 benchmarks/peers/setup.sh, torch pinned to the sidecar's build) and serves the demo
 all-MiniLM-L6-v2 snapshot from its local directory. A small adapter per peer turns one corpus
-sentence into that peer's request body; the load loops mirror benchmarks.harness (same
-closed-loop clients, same Poisson arrivals, same LoadResult) but take that adapter.
+sentence into that peer's request body; the load loops are benchmarks.harness's own (same
+closed-loop clients, same Poisson arrivals, same result counting).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
 import subprocess
 import time
@@ -23,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.harness import ROOT, LoadResult
+from benchmarks.harness import ROOT, closed_loop, open_loop
 
 VENVS = ROOT / ".bench-venvs"
 HERE = Path(__file__).resolve().parent
@@ -152,67 +151,6 @@ async def run_peer(
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
-
-
-async def _one(
-    session: aiohttp.ClientSession, url: str, body: dict[str, Any], result: LoadResult
-) -> None:
-    # As benchmarks.harness._one, with the body already in the peer's shape.
-    result.sent += 1
-    started = time.perf_counter()
-    try:
-        async with session.post(url, json=body) as r:
-            await r.read()
-            status = r.status
-    except aiohttp.ClientError as exc:
-        result.errors[type(exc).__name__] = result.errors.get(type(exc).__name__, 0) + 1
-        return
-    if status != 200:
-        result.errors[str(status)] = result.errors.get(str(status), 0) + 1
-        return
-    result.ok += 1
-    result.latencies_s.append(time.perf_counter() - started)
-
-
-async def closed_loop(
-    session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]], concurrency: int
-) -> LoadResult:
-    """As benchmarks.harness.closed_loop, over pre-built request bodies."""
-    result = LoadResult()
-    queue = list(reversed(bodies))
-
-    async def client() -> None:
-        while queue:
-            await _one(session, url, queue.pop(), result)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    result.elapsed_s = time.perf_counter() - started
-    return result
-
-
-async def open_loop(
-    session: aiohttp.ClientSession,
-    url: str,
-    bodies: list[dict[str, Any]],
-    rate_per_s: float,
-    seed: int = 1,
-) -> LoadResult:
-    """As benchmarks.harness.open_loop (same seed, so the same arrival times)."""
-    result = LoadResult()
-    rng = random.Random(seed)
-    tasks = []
-    started = time.perf_counter()
-    due = started
-    for body in bodies:
-        due += rng.expovariate(rate_per_s)
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(_one(session, url, body, result)))
-    await asyncio.gather(*tasks)
-    result.elapsed_s = time.perf_counter() - started
-    return result
 
 
 async def drive(
