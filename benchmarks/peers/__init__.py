@@ -111,8 +111,11 @@ async def run_peer(
     log = open(VENVS / f"{peer.name}.log", "ab")  # noqa: SIM115
     log.write(f"\n--- {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
     log.flush()
+    # In its venv folder: what a peer writes to its working directory (LitServe writes a
+    # client.py there) stays out of the repository.
     proc = subprocess.Popen(
-        argv, env={**os.environ, **OFFLINE}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        argv, env={**os.environ, **OFFLINE}, cwd=VENVS / peer.name, stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its workers share the group: stop them all at the end
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
