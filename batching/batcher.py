@@ -127,11 +127,6 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         """Batches dispatched and not finished (one running, at most one prepared behind it)."""
         return self._inflight
 
-    @property
-    def drain_rate_per_s(self) -> float:
-        """Measured items per second the device completes under load."""
-        return self._drain_per_s
-
     def token_budget(self, now: float | None = None) -> int:
         """Padded tokens allowed per batch now (lower for a while after out-of-memory)."""
         now = self._clock() if now is None else now

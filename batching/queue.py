@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -38,9 +38,6 @@ class ItemQueue(Generic[ItemT, ResultT]):
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def __iter__(self) -> Iterator[Entry[ItemT, ResultT]]:
-        return iter(self._entries.values())
 
     def add(self, entries: Iterable[Entry[ItemT, ResultT]]) -> None:
         for entry in entries:
