@@ -35,7 +35,7 @@ _LEGACY_POOLING_KEYS = {
     "weightedmean": "pooling_mode_weightedmean_tokens",
     "lasttoken": "pooling_mode_lasttoken",
 }
-_ARCHITECTURES = {
+ARCHITECTURES = {  # (model_type, task) -> the Hugging Face class that writes such a checkpoint
     ("bert", "embed"): "BertModel",
     ("bert", "classify"): "BertForSequenceClassification",
     ("roberta", "embed"): "RobertaModel",
@@ -71,7 +71,7 @@ def make_bert_snapshot(
     if pooling not in _LEGACY_POOLING_KEYS:
         raise ValueError(f"unknown pooling {pooling!r}; one of {sorted(_LEGACY_POOLING_KEYS)}")
     roberta = model_type in ("roberta", "xlm-roberta")
-    architecture = _ARCHITECTURES[(model_type, task)]
+    architecture = ARCHITECTURES[(model_type, task)]
     directory.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "architectures": [architecture],
