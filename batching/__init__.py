@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from batching.batcher import Batcher
 from batching.config import BatchConfig
+from batching.costs import BatchCost
 from batching.errors import (
     BatcherClosedError,
     BatchingError,
@@ -17,6 +18,7 @@ from batching.observer import BatchObserver, BatchStats
 
 __all__ = [
     "BatchConfig",
+    "BatchCost",
     "BatchObserver",
     "BatchOutputError",
     "BatchStats",

@@ -15,9 +15,10 @@ When a batch closes:
 While the device is busy the queue fills on its own: the next full batch is prepared while the
 current one runs (exactly one runs at a time), and a partial batch goes when the device frees.
 
-Which items: the oldest queued item always goes in the next batch, then items passed over by an
-earlier batch for longer than the window and one forward pass (so no item is passed over by more
-than about two batches), then items of similar length (least padding first) as long as padding
+Which items: the oldest queued item always goes in the next batch (so an item waits for at most
+as many batches as were queued before it), with the items of similar length that the cheapest
+split of the queue puts beside it (`select_batch`). The split weighs padding against the fixed
+cost of a batch, which the batcher measures from the batches it runs (`BatchCost`); padding also
 stays under `max_padding`.
 Items whose deadline passed or whose caller went away are dropped and never reach `run`.
 
@@ -41,6 +42,7 @@ from typing import Generic, TypeVar
 
 from batching.arrivals import ArrivalRate
 from batching.config import BatchConfig
+from batching.costs import BatchCost
 from batching.errors import (
     BatcherClosedError,
     BatchOutputError,
@@ -105,7 +107,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         self._seq = itertools.count()
         self._arrivals = ArrivalRate()
         self._drain_per_s = 0.0
-        self._batch_s = 0.0  # recent forward-pass time (exponentially weighted)
+        self._cost = BatchCost()
         self._inflight = 0
         self._idle_since = clock()
         self._oom_until = -math.inf
@@ -277,11 +279,10 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         config = self.config
         batch = self._queue.take(
             now,
-            # Passed over for longer than the window and one forward pass: goes first.
-            window_s=max(config.window_s, self._batch_s),
             max_size=config.max_size,
             max_tokens=budget,
             max_padding=config.max_padding,
+            batch_overhead=self._cost.overhead_tokens,
             full_only=full_only,
         )
         if not batch:
@@ -353,13 +354,13 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         for entry, result in zip(live, results, strict=True):
             if not entry.future.done():
                 entry.future.set_result(result)
-        size = len(live)
+        size, padded_tokens = len(live), len(live) * max(e.cost for e in live)
         self._drain_per_s += 0.3 * (size / max(elapsed, 1e-6) - self._drain_per_s)
-        self._batch_s += 0.3 * (elapsed - self._batch_s)
+        self._cost.observe(padded_tokens, elapsed)
         self._observer.on_batch(
             BatchStats(
                 size=size,
-                padded_tokens=size * max(e.cost for e in live),
+                padded_tokens=padded_tokens,
                 real_tokens=sum(e.cost for e in live),
                 queue_s=tuple(dispatch.dispatched_at - e.enqueued_at for e in live),
                 wait_s=dispatch.wait_s,

@@ -18,7 +18,7 @@ class BatchConfig:
         queue_max: queued items; a submission that would exceed it is rejected at once.
         adaptive: dispatch before the window runs out when arrivals say waiting cannot pay off.
         max_padding: the largest share of a batch's padded tokens that may be padding, beyond
-            the items that must go first (1.0: no limit); a batch that reaches it is full.
+            a lone item (1.0: no limit). It decides which items go, not when.
         oom_cooldown_s: how long the token budget stays halved after an out-of-memory error.
     """
 

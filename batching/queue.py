@@ -14,6 +14,10 @@ from batching.grouping import select_batch
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
+# Batches are formed from at most this many of the oldest entries: grouping needs a choice of
+# lengths, not the whole queue, and forming stays well under a millisecond.
+MAX_CANDIDATES = 256
+
 
 @dataclass(eq=False)
 class Entry(Generic[ItemT, ResultT]):
@@ -25,7 +29,6 @@ class Entry(Generic[ItemT, ResultT]):
     enqueued_at: float
     future: asyncio.Future[ResultT]
     seq: int
-    passed_over_at: float | None = None
     # Read by the device thread, written on the loop: a plain bool flag is enough.
     dropped: bool = False
 
@@ -71,16 +74,16 @@ class ItemQueue(Generic[ItemT, ResultT]):
         self,
         now: float,
         *,
-        window_s: float,
         max_size: int,
         max_tokens: int,
         max_padding: float,
+        batch_overhead: float,
         full_only: bool,
     ) -> list[Entry[ItemT, ResultT]]:
         """Remove and return the next batch; empty when `full_only` and no full batch exists.
 
-        The oldest entry goes first, then entries passed over for longer than `window_s`, then
-        the least padding (`select_batch`). Entries left behind are marked passed over.
+        The oldest live entry always goes, with the entries of similar length `select_batch`
+        groups with it.
         """
         live = []
         for entry in list(self._entries.values()):
@@ -90,27 +93,18 @@ class ItemQueue(Generic[ItemT, ResultT]):
                 live.append(entry)
         if not live:
             return []
-        overdue_at = now - window_s
-        priority = [live[0]] + [
-            e for e in live[1:] if e.passed_over_at is not None and e.passed_over_at <= overdue_at
-        ]
-        first = {e.seq for e in priority}
-        candidates = priority + [e for e in live if e.seq not in first]
         selection = select_batch(
-            [e.cost for e in candidates],
-            len(priority),
+            [e.cost for e in live[:MAX_CANDIDATES]],
             max_size=max_size,
             max_tokens=max_tokens,
             max_padding=max_padding,
+            batch_overhead=batch_overhead,
         )
         if full_only and not selection.full:
             return []
-        batch = [candidates[i] for i in selection.indices]
+        batch = [live[i] for i in selection.indices]
         for entry in batch:
             del self._entries[entry.seq]
-        for entry in self._entries.values():
-            if entry.passed_over_at is None:
-                entry.passed_over_at = now
         return batch
 
     def _expire(self, entry: Entry[ItemT, ResultT]) -> None:

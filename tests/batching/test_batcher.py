@@ -343,7 +343,7 @@ async def test_next_batch_is_prepared_while_one_runs(started) -> None:
     assert await second == [6, 8]
 
 
-async def test_passed_over_item_goes_within_the_window(started) -> None:
+async def test_oldest_item_goes_in_the_next_batch(started) -> None:
     device = Device()
     device.gate.clear()
     batcher = make(device, max_size=2, window_s=0.01, adaptive=False)
@@ -354,11 +354,43 @@ async def test_passed_over_item_goes_within_the_window(started) -> None:
     long_item = asyncio.create_task(batcher.submit([1000], [200]))
     await asyncio.sleep(0)
     shorts = [asyncio.create_task(batcher.submit([i], [4])) for i in range(1, 40)]
-    await asyncio.sleep(0.03)  # the long item is the oldest: it goes in the next batch
+    await asyncio.sleep(0.03)
     device.gate.set()
     await asyncio.gather(first, long_item, *shorts)
-    position = next(n for n, batch in enumerate(device.seen) if 1000 in batch)
-    assert position <= 2
+    # The long item is the oldest queued one: the batch after the running one takes it.
+    assert 1000 in device.seen[1]
+
+
+async def test_measured_batch_cost_keeps_lengths_apart(started) -> None:
+    """A device whose batches cost about their padded tokens: mixing lengths stops paying."""
+    costs: dict[int, int] = {}
+
+    def run(batch: list[int]) -> list[int]:
+        padded = len(batch) * max(costs[item] for item in batch)
+        time.sleep(0.0005 + 0.00002 * padded)  # a fixed cost worth 25 padded tokens
+        return batch
+
+    seen: list[list[int]] = []
+
+    def prepare(items: Sequence[int]) -> list[int]:
+        seen.append(list(items))
+        return list(items)
+
+    batcher: Batcher[int, list[int], int] = Batcher(
+        prepare, run, BatchConfig(max_size=16, window_s=0.0, adaptive=False)
+    )
+    started(batcher)
+    await batcher.start()
+    rng = random.Random(3)
+    for round_ in range(30):
+        items = list(range(round_ * 24, round_ * 24 + 24))
+        for item in items:
+            costs[item] = rng.choice((8, 200))
+        await asyncio.gather(*(batcher.submit([item], [costs[item]]) for item in items))
+    late = seen[-20:]
+    mixed = [b for b in late if len({costs[item] for item in b}) > 1]
+    assert not mixed, f"batches mixing 8- and 200-token items: {mixed}"
+    assert max(len(b) for b in late) > 1
 
 
 async def test_drain_finishes_accepted_work_and_refuses_new(started) -> None:
