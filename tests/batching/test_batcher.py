@@ -393,6 +393,33 @@ async def test_measured_batch_cost_keeps_lengths_apart(started) -> None:
     assert max(len(b) for b in late) > 1
 
 
+async def test_large_fixed_batch_cost_fills_batches(started) -> None:
+    """A GPU-like device (launches dominate, tokens nearly free): mixed lengths share batches."""
+    costs: dict[int, int] = {}
+    seen: list[list[int]] = []
+
+    def run(batch: list[int]) -> list[int]:
+        padded = len(batch) * max(costs[item] for item in batch)
+        time.sleep(0.004 + 0.0000001 * padded)
+        seen.append(batch)
+        return batch
+
+    batcher: Batcher[int, list[int], int] = Batcher(
+        lambda items: list(items), run, BatchConfig(max_size=16, window_s=0.0, adaptive=False)
+    )
+    started(batcher)
+    await batcher.start()
+    rng = random.Random(4)
+    for round_ in range(20):
+        items = list(range(round_ * 32, round_ * 32 + 32))
+        for item in items:
+            costs[item] = rng.choice((8, 200))
+        await asyncio.gather(*(batcher.submit([item], [costs[item]]) for item in items))
+    late = seen[-10:]
+    assert sum(len(b) for b in late) / len(late) >= 12
+    assert any(len({costs[item] for item in b}) > 1 for b in late)
+
+
 async def test_drain_finishes_accepted_work_and_refuses_new(started) -> None:
     device = Device(delay_s=0.02)
     batcher = make(device, max_size=4, window_s=0.0)
