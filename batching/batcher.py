@@ -129,6 +129,11 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         """Batches dispatched and not finished (one running, at most one prepared behind it)."""
         return self._inflight
 
+    @property
+    def batch_overhead_tokens(self) -> float | None:
+        """The measured fixed cost of one batch in padded tokens' worth of time; None: unknown."""
+        return self._cost.overhead_tokens if self._cost.fitted else None
+
     def token_budget(self, now: float | None = None) -> int:
         """Padded tokens allowed per batch now (lower for a while after out-of-memory)."""
         now = self._clock() if now is None else now
@@ -282,7 +287,9 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             max_size=config.max_size,
             max_tokens=budget,
             max_padding=config.max_padding,
-            batch_overhead=self._cost.overhead_tokens,
+            # Until the cost is known, batches group only equal lengths: a spread of batch
+            # sizes is what tells the fixed cost apart, and tight batches never waste much.
+            batch_overhead=self._cost.overhead_tokens if self._cost.fitted else 0.0,
             full_only=full_only,
         )
         if not batch:

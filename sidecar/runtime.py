@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -190,11 +191,22 @@ class Runtime:
             "torch": torch.__version__,
             "settings": self.settings.public(),
             "load": self.report.public() if self.report else None,
+            "batching": self._batching(),
             "startup_s": {
                 "phases": self.timeline.phases_s(),
                 "to_ready": self.timeline.since_start_s("ready"),
             },
         }
+
+    def _batching(self) -> dict[str, Any] | None:
+        if self.engine is None:
+            return None
+        overhead = self.engine.batcher.batch_overhead_tokens
+        # null until enough batches of different sizes have run, or when tokens cost nothing
+        # measurable (batches then fill to the bounds)
+        if overhead is None or not math.isfinite(overhead):
+            return {"batch_overhead_tokens": None}
+        return {"batch_overhead_tokens": round(overhead, 1)}
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -19,18 +19,18 @@ def test_unknown_until_enough_batches_of_different_sizes() -> None:
     cost = BatchCost(min_batches=4)
     for tokens in (100, 200, 300):
         cost.observe(tokens, 0.01 + tokens * 1e-4)
-    assert math.isinf(cost.overhead_tokens)
+    assert not cost.fitted and math.isinf(cost.overhead_tokens)
     alike = BatchCost(min_batches=4)
     for _ in range(20):
         alike.observe(512, 0.05)
-    assert math.isinf(alike.overhead_tokens)
+    assert not alike.fitted and math.isinf(alike.overhead_tokens)
 
 
 def test_time_flat_in_tokens_means_fill_the_batches() -> None:
     cost = BatchCost()
     for tokens in (64, 4096, 128, 2048, 256, 1024, 512, 8192, 32, 16384):
         cost.observe(tokens, 0.005)
-    assert math.isinf(cost.overhead_tokens)
+    assert cost.fitted and math.isinf(cost.overhead_tokens)
 
 
 def test_follows_a_device_that_changes() -> None:

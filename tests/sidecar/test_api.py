@@ -181,6 +181,22 @@ async def test_info_reports_settings_and_load(start_server: StartServer, tiny_em
     assert set(load["phases_s"]) == {"resolve", "weights", "build", "warmup"}
 
 
+async def test_info_reports_the_measured_batch_cost(
+    start_server: StartServer, tiny_embed_dir
+) -> None:
+    s = await start_server(tiny_embed_dir)
+    async with s.tcp.get("/v1/info") as r:
+        assert (await r.json())["batching"] == {"batch_overhead_tokens": None}
+    for size in (1, 4, 16, 64) * 4:  # batches of different sizes, one after another
+        texts = [f"sentence {i} with a few words in it" for i in range(size)]
+        async with s.tcp.post("/v1/predict", json={"inputs": texts}) as r:
+            assert r.status == 200
+    async with s.tcp.get("/v1/info") as r:
+        overhead = (await r.json())["batching"]["batch_overhead_tokens"]
+    # Sixteen batches from 1 to 32 items: enough to fit the fixed and per-token parts.
+    assert isinstance(overhead, float) and overhead > 0
+
+
 async def test_concurrent_requests_are_batched(start_server: StartServer, tiny_embed_dir) -> None:
     s = await start_server(
         tiny_embed_dir, SIDECAR_BATCH_WINDOW_MS="50", SIDECAR_BATCH_ADAPTIVE="false"
