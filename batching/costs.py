@@ -12,10 +12,12 @@ class BatchCost:
     change, on relative errors (each batch weighted by 1 / seconds squared): on a shared machine
     noise scales with a batch's time, and an unweighted fit lets the noise of large batches
     swamp the fixed part that only small ones show (measured on the demo model: 4 tokens
-    unweighted against 46 weighted, where single-item passes put it at about 45). The ratio `fixed / per_token` is what batch forming needs: how many padded tokens
-    one more batch is worth. On a CPU it is small (a batch costs about its tokens, so padding
-    never pays); on a GPU it is large (launches and weight reads dominate, so batches should be
-    as large as the bounds allow).
+    unweighted against 46 weighted, where single-item passes put it at about 45).
+
+    The ratio `fixed / per_token` is what batch forming needs: how many padded tokens one more
+    batch is worth. On a CPU it is small (a batch costs about its tokens, so padding never
+    pays); on a GPU it is large (launches and weight reads dominate, so batches should be as
+    large as the bounds allow).
 
     Args:
         decay: weight kept by older batches at each new one (0.95: about the last 20 batches).
