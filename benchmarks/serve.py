@@ -3,7 +3,7 @@
     python -m benchmarks.serve [--requests 1200] [--concurrency 1,8,64] [--rates 20,40]
                                [--transports uds,tcp] [--dtype float32] [--quick] [--pairs 3]
                                [--compare-dtype bfloat16] [--out DIR]
-                               [--peers litserve,infinity] [--peer-sweep]
+                               [--peers litserve,infinity,ray] [--peer-sweep]
 
 Load: a closed-loop concurrency sweep and open-loop Poisson arrivals at set rates, over the Unix
 socket and TCP, one real sentence per request (benchmarks.harness.corpus). Failed requests are
@@ -312,7 +312,7 @@ def main() -> None:
     parser.add_argument("--compare-dtype", help="also serve in this dtype; report the ratio")
     parser.add_argument("--pairs", type=int, default=3, help="paired rounds vs limit (a)")
     parser.add_argument("--quick", action="store_true", help="300 requests")
-    parser.add_argument("--peers", default="", help="comma list of: litserve,infinity")
+    parser.add_argument("--peers", default="", help="comma list of: litserve,infinity,ray")
     parser.add_argument("--peer-sweep", action="store_true", help="sweep each peer's settings")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()

@@ -33,6 +33,7 @@ OFFLINE = {
     "DO_NOT_TRACK": "1",
     "INFINITY_ANONYMOUS_USAGE_STATS": "0",
     "LITSERVE_DISABLE_TELEMETRY": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
 }
 
 
@@ -46,6 +47,16 @@ class Peer:
     command: Callable[[Path, int, dict[str, Any]], list[str]]  # (model, port, settings) -> argv
     sweep: tuple[dict[str, Any], ...]  # settings tried by --peer-sweep
     default: dict[str, Any]  # settings used without a sweep (best found on the dev machine)
+    # How to ask it to stop; None: SIGTERM to its whole process group. Either way the group is
+    # SIGKILLed if it has not exited after 30 s, and whatever is left of it once it has.
+    stop: Callable[[subprocess.Popen], None] | None = None
+
+
+def _signal_leader(proc: subprocess.Popen) -> None:
+    # Ray's gcs_server and raylet share the server's process group: a group SIGTERM would stop
+    # them under Serve's feet (serve.shutdown() then hangs on the lost GCS). The server shuts
+    # Serve and Ray down itself on SIGTERM.
+    proc.send_signal(signal.SIGTERM)
 
 
 def _python(peer: str) -> str:
@@ -71,6 +82,14 @@ def _infinity_command(model: Path, port: int, s: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
+def _ray_command(model: Path, port: int, s: dict[str, Any]) -> list[str]:
+    return [
+        _python("ray"), str(HERE / "ray_server.py"), "--model", str(model),
+        "--port", str(port), "--max-batch-size", str(s["max_batch_size"]),
+        "--batch-wait-timeout", str(s["batch_wait_timeout"]), "--dtype", s.get("dtype", "float32"),
+    ]  # fmt: skip
+
+
 PEERS: dict[str, Peer] = {
     "litserve": Peer(
         name="litserve",
@@ -93,6 +112,19 @@ PEERS: dict[str, Peer] = {
         command=_infinity_command,
         sweep=tuple({"batch_size": b} for b in (16, 32, 64)),
         default={"batch_size": 16},
+    ),
+    "ray": Peer(
+        name="ray",
+        path="/predict",
+        health="/-/healthz",  # Ray Serve's proxy
+        body=lambda text: {"inputs": [text], "parameters": {"truncate": True}},
+        embedding=lambda out: out["embedding"],
+        command=_ray_command,
+        sweep=tuple(
+            {"max_batch_size": b, "batch_wait_timeout": t} for b in (16, 32) for t in (0.005, 0.02)
+        ),
+        default={"max_batch_size": 16, "batch_wait_timeout": 0.02},
+        stop=_signal_leader,
     ),
 }
 
@@ -146,13 +178,18 @@ async def run_peer(
         yield base
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            if peer.stop is not None:
+                peer.stop(proc)
+            else:
+                os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):  # stragglers that outlived the leader
+            os.killpg(proc.pid, signal.SIGKILL)
         log.close()
 
 

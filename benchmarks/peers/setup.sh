@@ -2,7 +2,7 @@
 # Create one virtual environment per peer server under .bench-venvs/ (repo root), each with
 # torch pinned to the same CPU build as the sidecar's (constraints: torch==2.13.0).
 # Idempotent: an existing venv is reused and pip only installs what is missing.
-#   benchmarks/peers/setup.sh [litserve] [infinity]     (default: both)
+#   benchmarks/peers/setup.sh [litserve] [infinity] [ray]     (default: litserve infinity)
 # Writes .bench-venvs/<peer>/versions.txt (pip freeze) for the record.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -16,6 +16,7 @@ echo "torch==2.13.0" >"$CONSTRAINTS"
 declare -A PACKAGES=(
   [litserve]="litserve==0.2.19 sentence-transformers==6.2.0 torch==2.13.0"
   [infinity]="infinity_emb[server,torch]==0.0.78 torch==2.13.0"
+  [ray]="ray[serve]==2.60.0 sentence-transformers==6.2.0 torch==2.13.0"
 )
 
 peers=("$@")
@@ -27,5 +28,5 @@ for peer in "${peers[@]}"; do
   # shellcheck disable=SC2086
   "$venv/bin/python" -m pip install --quiet -c "$CONSTRAINTS" ${PACKAGES[$peer]}
   "$venv/bin/python" -m pip freeze >"$venv/versions.txt"
-  echo "$peer: $(grep -iE '^(litserve|infinity[-_]emb|torch|sentence-transformers|transformers)==' "$venv/versions.txt" | tr '\n' ' ')"
+  echo "$peer: $(grep -iE '^(litserve|infinity[-_]emb|ray|torch|sentence-transformers|transformers)==' "$venv/versions.txt" | tr '\n' ' ')"
 done
