@@ -16,7 +16,7 @@ its /metrics. Limits measured in the same run on the same corpus:
 and sentence-transformers' in-process time for one item (p50), against our one-client p50.
 Head to head: --pairs rounds alternate limit (a) and our Unix-socket run at the top concurrency,
 seconds apart (the machine is shared and noisy); the median ratio is the headline figure.
-Per transport, the per-request overhead: sequential GET /livez round trips (no model work).
+Per-request overhead: GET /livez round trips (no model work), socket and TCP taking turns.
 --compare-dtype: our Unix-socket throughput at the top concurrency in that dtype, against
 --dtype served just before and after.
 Peers (--peers, see benchmarks/peers/README.md): other servers of the same model snapshot, each
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -44,6 +45,7 @@ import torch
 
 from benchmarks.harness import (
     ROOT,
+    Served,
     closed_loop,
     corpus,
     histogram_delta,
@@ -124,9 +126,9 @@ async def served(
 ) -> dict[str, Any]:
     """Our server's runs; with peers, also `tcp/open/half` at half our TCP saturation rate.
 
-    Also per transport: the per-request overhead (sequential GET /livez, no model work), and
-    `--pairs` rounds alternating limit (a) and our Unix-socket run at the top concurrency, so
-    the headline ratio compares figures taken seconds apart on a noisy machine.
+    Also the per-request overhead of each transport (`request_overhead`), and `--pairs` rounds
+    alternating limit (a) and our Unix-socket run at the top concurrency, so the headline ratio
+    compares figures taken seconds apart on a noisy machine.
     """
     env = {"SIDECAR_DTYPE": args.dtype, "SIDECAR_BATCH_MAX_SIZE": str(args.batch_size)}
     runs: dict[str, Any] = {}
@@ -134,12 +136,13 @@ async def served(
     top = max(args.concurrency)
     with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as socket_dir:
         async with serve(env, socket_dir) as server:
+            if {"uds", "tcp"} <= set(args.transports):
+                runs["overhead"] = await request_overhead(server)
             for transport in args.transports:
                 session, base = server.session(transport)
                 async with session:
                     url = f"{base}/v1/predict"
                     await closed_loop(session, url, bodies[:64], 8)  # warm the connections
-                    runs[f"{transport}/overhead"] = await request_overhead(session, f"{base}/livez")
                     for c in args.concurrency:
                         before = await server.metrics()
                         result = await closed_loop(session, url, bodies, c)
@@ -163,18 +166,28 @@ async def served(
     return runs
 
 
-async def request_overhead(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """Round trip of a request that does no model work: what the transport and HTTP cost."""
-    times = []
-    for _ in range(2000):
-        started = time.perf_counter()
-        async with session.get(url) as r:
-            await r.read()
-        times.append(time.perf_counter() - started)
-    times.sort()
+async def request_overhead(server: Served) -> dict[str, float]:
+    """Round trips of a request that does no model work (GET /livez): what each transport and
+    HTTP cost. The two transports take turns, request by request, so both see the same machine.
+    """
+    sessions = {t: server.session(t) for t in ("uds", "tcp")}
+    times: dict[str, list[float]] = {t: [] for t in sessions}
+    async with contextlib.AsyncExitStack() as stack:
+        for session, _ in sessions.values():
+            await stack.enter_async_context(session)
+        for i in range(2200):
+            order = ("uds", "tcp") if i % 2 else ("tcp", "uds")
+            for transport in order:
+                session, base = sessions[transport]
+                started = time.perf_counter()
+                async with session.get(f"{base}/livez") as r:
+                    await r.read()
+                if i >= 200:  # the first ones warm the connections
+                    times[transport].append(time.perf_counter() - started)
+    diffs = [u - t for u, t in zip(times["uds"], times["tcp"], strict=True)]
     return {
-        "p50_us": round(times[len(times) // 2] * 1e6, 1),
-        "p90_us": round(times[len(times) * 9 // 10] * 1e6, 1),
+        **{f"{t}_p50_us": round(statistics.median(v) * 1e6, 1) for t, v in times.items()},
+        "uds_minus_tcp_p50_us": round(statistics.median(diffs) * 1e6, 1),
     }
 
 
@@ -358,8 +371,8 @@ def main() -> None:
             )
     if "uds/pairs" in runs:
         report[f"uds_at_{top}_vs_limit_a_paired_median"] = runs["uds/pairs"]["median_ratio"]
-    if "uds/overhead" in runs and "tcp/overhead" in runs:
-        report["overhead_p50_us"] = {t: runs[f"{t}/overhead"]["p50_us"] for t in ("uds", "tcp")}
+    if "overhead" in runs:
+        report["overhead"] = runs["overhead"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve.json").write_text(json.dumps(report, indent=2) + "\n")
     drew = plot(report, args.out / "serve.png")
