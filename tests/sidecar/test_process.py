@@ -112,7 +112,7 @@ async def test_sigterm_drains_in_flight_requests(
     env = base_env(
         socket_dir,
         SIDECAR_MODEL=str(tiny_embed_dir),
-        SIDECAR_BATCH_WINDOW_MS="400",
+        SIDECAR_BATCH_WINDOW_MS="1000",
         SIDECAR_BATCH_MAX_SIZE="64",
         SIDECAR_BATCH_MIN_SIZE="64",
         SIDECAR_BATCH_ADAPTIVE="false",
@@ -128,7 +128,15 @@ async def test_sigterm_drains_in_flight_requests(
                 return r.status
 
         in_flight = [asyncio.create_task(one(i)) for i in range(50)]
-        await asyncio.sleep(0.2)
+        # SIGTERM only once all 50 are queued (not after a fixed sleep: a slow machine may not
+        # have sent them yet, and the drain would find nothing in flight).
+        for _ in range(500):
+            async with session.get(f"http://127.0.0.1:{process.health_port}/metrics") as r:
+                if "sidecar_queue_depth 50.0" in await r.text():
+                    break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the 50 requests never all reached the queue")
         process.proc.send_signal(signal.SIGTERM)
         for _ in range(100):
             async with session.get(f"http://127.0.0.1:{process.health_port}/readyz") as r:
