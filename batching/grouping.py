@@ -67,24 +67,24 @@ def select_batch(
     count = len(costs)
     if count == 0:
         return Selection((), 0, False)
-    if batch_overhead < max_tokens:
+    split = batch_overhead < max_tokens
+    if split:
         # Split the oldest candidates only: the oldest always goes, and they give enough choice.
         count = min(count, max(PARTITION_STEPS // max_size, 2))
-        order = sorted(range(count), key=lambda i: (costs[i], i))
-        first, last = _partition(
-            [costs[i] for i in order], order.index(0), max_size, max_tokens, max_padding,
-            batch_overhead,
-        )  # fmt: skip
-    else:
-        order = sorted(range(count), key=lambda i: (costs[i], i))
-        first, last = _grow(costs, order, max_size, max_tokens, max_padding)
+    order = sorted(range(count), key=lambda i: (costs[i], i))
+    lengths, anchor = [costs[i] for i in order], order.index(0)
+    first, last = (
+        _partition(lengths, anchor, max_size, max_tokens, max_padding, batch_overhead)
+        if split
+        else _grow(lengths, anchor, max_size, max_tokens, max_padding)
+    )
     chosen = order[first : last + 1]
     size, longest, real = len(chosen), costs[chosen[-1]], sum(costs[i] for i in chosen)
     # Which bound, if any, kept out the candidates next in length?
     full, capped = size >= max_size, False
     for neighbour in (first - 1, last + 1):
         if 0 <= neighbour < count:
-            cost = costs[order[neighbour]]
+            cost = lengths[neighbour]
             grown = (size + 1) * max(cost, longest)
             full = full or grown > max_tokens
             capped = capped or grown - real - cost > max_padding * grown
@@ -157,16 +157,15 @@ def _partition(
 
 
 def _grow(
-    costs: Sequence[int], order: list[int], max_size: int, max_tokens: int, max_padding: float
+    lengths: list[int], anchor: int, max_size: int, max_tokens: int, max_padding: float
 ) -> tuple[int, int]:
-    """Grow a run of sorted candidates from the oldest, least added padding first, to a bound.
+    """Grow a run of sorted `lengths` from `anchor`, least added padding first, to a bound.
 
     With no known batch overhead, fewer batches is always better: the run grows as far as
     `max_size`, `max_tokens` and `max_padding` allow. An item no longer than the longest adds
     `longest - cost` padding, a longer one adds `size x (cost - longest)`.
     """
-    lengths = [costs[i] for i in order]
-    first = last = order.index(0)
+    first = last = anchor
     real = lengths[first]
     while last - first + 1 < max_size:
         size, longest = last - first + 1, lengths[last]

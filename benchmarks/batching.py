@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import statistics
@@ -69,10 +68,7 @@ async def served(
     results: dict[str, Any] = {}
     bodies = predict_bodies(texts)
     with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as socket_dir:
-        async with serve(env, socket_dir) as server, contextlib.AsyncExitStack() as stack:
-            sessions = {t: server.session(t) for t in ("uds", "tcp")}
-            for session, _ in sessions.values():
-                await stack.enter_async_context(session)
+        async with serve(env, socket_dir) as server, server.sessions() as sessions:
             for transport, (session, base) in sessions.items():
                 url = f"{base}/v1/predict"
                 await closed_loop(session, url, bodies[:64], 8)  # warm the connections

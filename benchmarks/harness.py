@@ -72,6 +72,15 @@ class Served:
         connector_tcp = aiohttp.TCPConnector(limit=0)
         return aiohttp.ClientSession(connector=connector_tcp), f"http://127.0.0.1:{self.port}"
 
+    @contextlib.asynccontextmanager
+    async def sessions(self) -> AsyncIterator[dict[str, tuple[aiohttp.ClientSession, str]]]:
+        """A session and base URL per transport (`uds`, `tcp`), both open, closed at the end."""
+        sessions = {t: self.session(t) for t in ("uds", "tcp")}
+        async with contextlib.AsyncExitStack() as stack:
+            for session, _ in sessions.values():
+                await stack.enter_async_context(session)
+            yield sessions
+
     async def metrics(self) -> dict[str, float]:
         async with (
             aiohttp.ClientSession() as session,

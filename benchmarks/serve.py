@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -58,6 +57,11 @@ from benchmarks.harness import (
 )
 
 BATCH_SIZES = (8, 16, 32, 64)
+
+
+def server_env(args: argparse.Namespace, dtype: str | None = None) -> dict[str, str]:
+    """What every sidecar this benchmark starts is told: the dtype and the batch size."""
+    return {"SIDECAR_DTYPE": dtype or args.dtype, "SIDECAR_BATCH_MAX_SIZE": str(args.batch_size)}
 
 
 class SentenceTransformersLimits:
@@ -133,7 +137,7 @@ async def served(
     alternating limit (a) and our Unix-socket run at the top concurrency, so the headline ratio
     compares figures taken seconds apart on a noisy machine.
     """
-    env = {"SIDECAR_DTYPE": args.dtype, "SIDECAR_BATCH_MAX_SIZE": str(args.batch_size)}
+    env = server_env(args)
     runs: dict[str, Any] = {}
     bodies = predict_bodies(texts)
     top = max(args.concurrency)
@@ -173,11 +177,8 @@ async def request_overhead(server: Served) -> dict[str, float]:
     """Round trips of a request that does no model work (GET /livez): what each transport and
     HTTP cost. The two transports take turns, request by request, so both see the same machine.
     """
-    sessions = {t: server.session(t) for t in ("uds", "tcp")}
-    times: dict[str, list[float]] = {t: [] for t in sessions}
-    async with contextlib.AsyncExitStack() as stack:
-        for session, _ in sessions.values():
-            await stack.enter_async_context(session)
+    async with server.sessions() as sessions:
+        times: dict[str, list[float]] = {t: [] for t in sessions}
         for i in range(2200):
             order = ("uds", "tcp") if i % 2 else ("tcp", "uds")
             for transport in order:
@@ -217,7 +218,7 @@ async def dtype_comparison(args: argparse.Namespace, texts: list[str]) -> dict[s
     top, bodies = max(args.concurrency), predict_bodies(texts)
     rates = []
     for dtype in (args.dtype, args.compare_dtype, args.dtype):
-        env = {"SIDECAR_DTYPE": dtype, "SIDECAR_BATCH_MAX_SIZE": str(args.batch_size)}
+        env = server_env(args, dtype)
         with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as socket_dir:
             async with serve(env, socket_dir) as server:
                 session, base = server.session("uds")
@@ -246,7 +247,7 @@ async def paired_tail(
     the same Poisson arrivals per round: each pair of runs sees the same machine."""
     from benchmarks import peers
 
-    env = {"SIDECAR_DTYPE": args.dtype, "SIDECAR_BATCH_MAX_SIZE": str(args.batch_size)}
+    env = server_env(args)
     sample = texts[: max(100, int(rate * 6))]  # about six seconds of arrivals per run
     ours_bodies, peer_bodies = predict_bodies(sample), [peer.body(t) for t in sample]
     rounds = []

@@ -361,46 +361,23 @@ async def test_oldest_item_goes_in_the_next_batch(started) -> None:
     assert 1000 in device.seen[1]
 
 
-async def test_measured_batch_cost_keeps_lengths_apart(started) -> None:
-    """A device whose batches cost about their padded tokens: mixing lengths stops paying."""
-    costs: dict[int, int] = {}
-
-    def run(batch: list[int]) -> list[int]:
-        padded = len(batch) * max(costs[item] for item in batch)
-        time.sleep(0.0005 + 0.00002 * padded)  # a fixed cost worth 25 padded tokens
-        return batch
-
-    seen: list[list[int]] = []
-
-    def prepare(items: Sequence[int]) -> list[int]:
-        seen.append(list(items))
-        return list(items)
-
-    batcher: Batcher[int, list[int], int] = Batcher(
-        prepare, run, BatchConfig(max_size=16, window_s=0.0, adaptive=False)
-    )
-    started(batcher)
-    await batcher.start()
-    rng = random.Random(3)
-    for round_ in range(30):
-        items = list(range(round_ * 24, round_ * 24 + 24))
-        for item in items:
-            costs[item] = rng.choice((8, 200))
-        await asyncio.gather(*(batcher.submit([item], [costs[item]]) for item in items))
-    late = seen[-20:]
-    mixed = [b for b in late if len({costs[item] for item in b}) > 1]
-    assert not mixed, f"batches mixing 8- and 200-token items: {mixed}"
-    assert max(len(b) for b in late) > 1
-
-
-async def test_large_fixed_batch_cost_fills_batches(started) -> None:
-    """A GPU-like device (launches dominate, tokens nearly free): mixed lengths share batches."""
+async def run_costed_rounds(
+    started: Callable[[Batcher[int, list[int], int]], None],
+    *,
+    fixed_s: float,
+    per_token_s: float,
+    rounds: int,
+    per_round: int,
+    seed: int,
+) -> tuple[list[list[int]], dict[int, int]]:
+    """Bursts of 8- and 200-token items through a device whose batches take `fixed_s` +
+    `per_token_s` x padded tokens; returns the batches it ran and each item's cost."""
     costs: dict[int, int] = {}
     seen: list[list[int]] = []
 
     def run(batch: list[int]) -> list[int]:
         padded = len(batch) * max(costs[item] for item in batch)
-        time.sleep(0.004 + 0.0000001 * padded)
+        time.sleep(fixed_s + per_token_s * padded)
         seen.append(batch)
         return batch
 
@@ -409,12 +386,37 @@ async def test_large_fixed_batch_cost_fills_batches(started) -> None:
     )
     started(batcher)
     await batcher.start()
-    rng = random.Random(4)
-    for round_ in range(20):
-        items = list(range(round_ * 32, round_ * 32 + 32))
+    rng = random.Random(seed)
+    for round_ in range(rounds):
+        items = list(range(round_ * per_round, (round_ + 1) * per_round))
         for item in items:
             costs[item] = rng.choice((8, 200))
         await asyncio.gather(*(batcher.submit([item], [costs[item]]) for item in items))
+    return seen, costs
+
+
+async def test_measured_batch_cost_keeps_lengths_apart(started) -> None:
+    """A device whose batches cost about their padded tokens: mixing lengths stops paying."""
+    seen, costs = await run_costed_rounds(
+        # a fixed cost worth 25 padded tokens
+        started,
+        fixed_s=0.0005,
+        per_token_s=0.00002,
+        rounds=30,
+        per_round=24,
+        seed=3,
+    )
+    late = seen[-20:]
+    mixed = [b for b in late if len({costs[item] for item in b}) > 1]
+    assert not mixed, f"batches mixing 8- and 200-token items: {mixed}"
+    assert max(len(b) for b in late) > 1
+
+
+async def test_large_fixed_batch_cost_fills_batches(started) -> None:
+    """A GPU-like device (launches dominate, tokens nearly free): mixed lengths share batches."""
+    seen, costs = await run_costed_rounds(
+        started, fixed_s=0.004, per_token_s=0.0000001, rounds=20, per_round=32, seed=4
+    )
     late = seen[-10:]
     assert sum(len(b) for b in late) / len(late) >= 12
     assert any(len({costs[item] for item in b}) > 1 for b in late)

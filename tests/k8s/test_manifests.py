@@ -34,14 +34,18 @@ SIDECAR_ENV = re.compile(r"\bSIDECAR_[A-Z0-9_]+\b")
 METRIC = re.compile(r"\bsidecar_[a-z0-9_]+\b")
 
 
+def function_node(path: Path, name: str) -> ast.FunctionDef:
+    """The definition of function `name` in the source file `path`."""
+    return next(
+        node
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.name == name
+    )
+
+
 def read_env_names() -> set[str]:
     """The SIDECAR_* variables `Settings.from_env` reads, from the source of sidecar/config.py."""
-    tree = ast.parse((REPO / "sidecar" / "config.py").read_text())
-    from_env = next(
-        node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.FunctionDef) and node.name == "from_env"
-    )
+    from_env = function_node(REPO / "sidecar" / "config.py", "from_env")
     return {
         node.value
         for node in ast.walk(from_env)
@@ -53,12 +57,7 @@ def read_env_names() -> set[str]:
 
 def health_routes() -> set[str]:
     """The paths sidecar/app.py serves on the health port (`_add_health_routes`)."""
-    tree = ast.parse((REPO / "sidecar" / "app.py").read_text())
-    build = next(
-        node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.FunctionDef) and node.name == "_add_health_routes"
-    )
+    build = function_node(REPO / "sidecar" / "app.py", "_add_health_routes")
     return {
         node.args[0].value
         for node in ast.walk(build)
