@@ -113,8 +113,6 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         self._oom_until = -math.inf
         self._oom_budget = config.max_tokens
         self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._closed = False
         self._former: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -123,11 +121,6 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
     def queue_depth(self) -> int:
         """Items queued and not yet in a batch."""
         return len(self._queue)
-
-    @property
-    def inflight_batches(self) -> int:
-        """Batches dispatched and not finished (one running, at most one prepared behind it)."""
-        return self._inflight
 
     @property
     def batch_overhead_tokens(self) -> float | None:
@@ -157,7 +150,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         Raises:
             QueueFullError: the queue cannot take the items now.
             DeadlineExceededError: the deadline passed first.
-            BatcherClosedError: the batcher is draining or stopped.
+            BatcherClosedError: the batcher was stopped.
             ItemTooLargeError: an item could never fit in a batch.
         """
         if self._closed:
@@ -189,7 +182,6 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         ]
         self._queue.add(entries)
         self._arrivals.record(now, len(entries))
-        self._idle.clear()
         self._wakeup.set()
         try:
             async with asyncio.timeout(None if deadline is None else deadline - now):
@@ -207,19 +199,6 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             self._abandon(entries, None)
             raise
 
-    def close(self) -> None:
-        """Refuse new submissions; queued and running work carries on."""
-        self._closed = True
-
-    async def wait_idle(self, timeout_s: float | None = None) -> bool:
-        """Wait until nothing is queued or running; False if `timeout_s` ran out first."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._idle.wait()
-        except TimeoutError:
-            return False
-        return True
-
     async def stop(self) -> None:
         """Stop forming batches and fail what is still queued with BatcherClosedError."""
         self._closed = True
@@ -232,7 +211,6 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             entry.dropped = True
             if not entry.future.done():
                 entry.future.set_exception(BatcherClosedError("the batcher stopped"))
-        self._idle.set()
         self._prepare_executor.shutdown(wait=False, cancel_futures=True)
         if self._owns_run_executor:
             self._run_executor.shutdown(wait=False, cancel_futures=True)
@@ -254,7 +232,6 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
     def _try_dispatch(self, now: float) -> float:
         """Dispatch a batch if one should go now; else return how long to wait (inf: for news)."""
         oldest = self._queue.oldest(now)
-        self._update_idle()
         if oldest is None or self._inflight >= 2:
             return math.inf
         config, queued = self.config, len(self._queue)
@@ -293,7 +270,6 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             full_only=full_only,
         )
         if not batch:
-            self._update_idle()
             return False
         idle = self._inflight == 0
         start = max(batch[0].enqueued_at, self._idle_since)
@@ -331,7 +307,6 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
                 self._arrivals.observe(dispatch.observe_from, end)
             if self._inflight == 0:
                 self._idle_since = done
-            self._update_idle()
             self._wakeup.set()
 
     async def _execute(
@@ -422,13 +397,6 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
                 future.cancel()
         if reason is not None and count:
             self._observer.on_reject(reason, count)
-        self._update_idle()
-
-    def _update_idle(self) -> None:
-        if not self._queue and self._inflight == 0:
-            self._idle.set()
-        else:
-            self._idle.clear()
 
     def _retry_after_s(self, incoming: int) -> float:
         excess = len(self._queue) + incoming - self.config.queue_max

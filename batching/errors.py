@@ -3,7 +3,7 @@
 BatchingError
  ├── QueueFullError          the queue holds QUEUE_MAX items; carries retry_after_s
  ├── DeadlineExceededError   the item's deadline passed before its result was ready
- ├── BatcherClosedError      the batcher is draining or stopped
+ ├── BatcherClosedError      the batcher was stopped
  ├── ItemTooLargeError       one item's cost exceeds the per-batch token budget
  └── BatchOutputError        the batch function returned the wrong number of results
 """
@@ -28,7 +28,7 @@ class DeadlineExceededError(BatchingError):
 
 
 class BatcherClosedError(BatchingError):
-    """The batcher accepts no new work (draining or stopped)."""
+    """The batcher was stopped: it accepts no new work."""
 
 
 class ItemTooLargeError(BatchingError):
