@@ -267,6 +267,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             # Until the cost is known, batches group only equal lengths: a spread of batch
             # sizes is what tells the fixed cost apart, and tight batches never waste much.
             batch_overhead=self._cost.overhead_tokens if self._cost.fitted else 0.0,
+            batch_knee=0.0,
             full_only=full_only,
         )
         if not batch:

@@ -17,8 +17,10 @@ class BatchConfig:
         max_tokens: padded tokens per batch (items x largest cost), never exceeded.
         queue_max: queued items; a submission that would exceed it is rejected at once.
         adaptive: dispatch before the window runs out when arrivals say waiting cannot pay off.
-        max_padding: the largest share of a batch's padded tokens that may be padding, beyond
-            a lone item (1.0: no limit). It decides which items go, not when.
+        max_padding: the largest share of a greedily filled batch's padded tokens that may be
+            padding, beyond a lone item (1.0: no limit): it bounds the fill used while the batch
+            cost is unknown or a batch's floor covers `max_tokens`; the cost split prices padding
+            itself (see `select_batch`). It decides which items go, not when.
         oom_cooldown_s: how long the token budget stays halved after an out-of-memory error.
     """
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import bisect
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Splitting candidates optimally takes up to candidates x max_size steps: the split considers
-# only as many of the oldest candidates as keep it within this many.
-PARTITION_STEPS = 4096
+# The split weighs at most this many of the oldest candidates: its work grows with candidates x
+# the longest run, and 256 keep one selection around a millisecond on the event loop (see
+# `select_batch`). The greedy fill is linear after a sort and takes every candidate it is given.
+SPLIT_CANDIDATES = 256
 
 
 @dataclass(frozen=True)
@@ -17,17 +20,12 @@ class Selection:
 
     Attributes:
         indices: positions in the age-ordered candidate list, ascending (oldest first).
-        padded_tokens: len(indices) x the largest chosen cost.
-        full: the batch holds `max_size` items, or the token bound kept out a candidate next to
-            it in length.
-        capped: `max_padding` kept out a candidate next to it in length. That decides which
-            items go, not when: a capped batch is not full.
+        full: the batch holds as many items as it may, or the token bound kept out a candidate
+            next to it in length: waiting for more items cannot grow it.
     """
 
     indices: tuple[int, ...]
-    padded_tokens: int
     full: bool
-    capped: bool = False
 
 
 def select_batch(
@@ -37,123 +35,127 @@ def select_batch(
     max_tokens: int,
     max_padding: float = 1.0,
     batch_overhead: float = math.inf,
+    batch_knee: float = 0.0,
 ) -> Selection:
     """Pick the next batch from candidates ordered oldest first; the oldest always goes.
 
-    The candidates are sorted by cost (token length) and split into runs of similar length, the
-    split that minimises the estimated time to run them all: each batch costs `batch_overhead`
-    plus its padded tokens (items x longest). The run holding the oldest candidate is the next
-    batch; the rest wait for later batches, where newer arrivals may join them. Every run keeps
-    `max_size`, `max_tokens` and, beyond a lone item, `max_padding` (the largest share of padding
-    in its padded tokens). So padding is spent only where a batch's fixed cost is worth more:
-    on a CPU, where a batch costs little beyond its tokens, runs are short and tight; on a GPU,
-    where the fixed cost dominates, they are as large as the bounds allow.
+    A batch of `p` padded tokens (items x longest) is estimated to cost
+    `batch_overhead + max(0, p - batch_knee)` padded tokens' worth of time: a floor up to the
+    knee, then one token's worth per padded token. On a CPU the knee is about 0 (a batch costs a
+    little more than its tokens); on a GPU a pass costs the same up to thousands of tokens.
+
+    The split: when a batch may cost more than its floor (`batch_overhead + batch_knee <
+    max_tokens`), the oldest `SPLIT_CANDIDATES` candidates are sorted by cost (token length) and
+    split into runs, the split that minimises the estimated time to run them all. The run holding
+    the oldest candidate is the next batch; the rest wait for later batches, where newer
+    arrivals may join them. So padding is spent only where it is cheaper than another batch: on
+    a CPU runs are short and tight; on a GPU they mix any lengths up to the knee, and beyond it
+    only as far as the floor pays for.
+
+    The greedy fill: when any batch within the bounds costs just its floor, fewer batches is
+    always better; the batch grows from the oldest candidate, least added padding first, as far
+    as `max_size`, `max_tokens` and `max_padding` allow. It also runs while the cost is unknown
+    (`batch_overhead` is `inf`), and there, blind to what padding costs, it needs the padding cap:
+    on a CPU `max_padding` keeps the first batches from mixing short and long items. The split
+    prices padding itself, so the cap does not apply to it: a fixed share would be wrong for a
+    GPU below its knee (padding is free) and needless on a CPU (the split keeps lengths apart).
 
     Since the oldest candidate always goes, an item waits for at most as many batches as there
-    were items queued before it.
+    were items queued before it. `max_size` only bounds runs: a larger one never narrows the
+    candidates weighed.
 
     Args:
         costs: per-candidate cost (token length), oldest candidate first.
         max_size: items per batch.
         max_tokens: padded tokens per batch; a lone item over it still goes alone.
-        max_padding: the largest share of padding tokens (1.0: no limit).
-        batch_overhead: the fixed cost of one batch in padded tokens' worth of time. At
-            `max_tokens` or more (`inf`: unknown) no split can pay for itself, so the batch
-            grows from the oldest item, least added padding first, as far as the bounds allow.
+        max_padding: the largest share of padding tokens in a greedily filled batch (1.0: no
+            limit).
+        batch_overhead: what the smallest batch costs, in padded tokens' worth of time at the
+            rate beyond the knee (`inf`: unknown, or tokens cost nothing measurable).
+        batch_knee: padded tokens a batch holds for `batch_overhead` alone.
 
     Returns:
-        The chosen indices, their padded token count and whether a bound stopped the batch.
+        The chosen indices and whether a bound stopped the batch.
     """
-    count = len(costs)
-    if count == 0:
-        return Selection((), 0, False)
-    split = batch_overhead < max_tokens
+    if not costs:
+        return Selection((), False)
+    split = batch_overhead + batch_knee < max_tokens
+    count = min(len(costs), SPLIT_CANDIDATES) if split else len(costs)
     if split:
-        # Split the oldest candidates only: the oldest always goes, and they give enough choice.
-        count = min(count, max(PARTITION_STEPS // max_size, 2))
+        max_size = min(max_size, SPLIT_CANDIDATES)
     order = sorted(range(count), key=lambda i: (costs[i], i))
     lengths, anchor = [costs[i] for i in order], order.index(0)
     first, last = (
-        _partition(lengths, anchor, max_size, max_tokens, max_padding, batch_overhead)
+        _partition(lengths, anchor, max_size, max_tokens, batch_overhead, batch_knee)
         if split
         else _grow(lengths, anchor, max_size, max_tokens, max_padding)
     )
-    chosen = order[first : last + 1]
-    size, longest, real = len(chosen), costs[chosen[-1]], sum(costs[i] for i in chosen)
-    # Which bound, if any, kept out the candidates next in length?
-    full, capped = size >= max_size, False
-    for neighbour in (first - 1, last + 1):
-        if 0 <= neighbour < count:
-            cost = lengths[neighbour]
-            grown = (size + 1) * max(cost, longest)
-            full = full or grown > max_tokens
-            capped = capped or grown - real - cost > max_padding * grown
-    return Selection(tuple(sorted(chosen)), size * longest, full, capped and not full)
+    size, longest = last - first + 1, lengths[last]
+    # Full: the size bound, or the token bound keeps out the candidates next in length.
+    full = size >= max_size or any(
+        (size + 1) * max(lengths[neighbour], longest) > max_tokens
+        for neighbour in (first - 1, last + 1)
+        if 0 <= neighbour < count
+    )
+    return Selection(tuple(sorted(order[first : last + 1])), full)
 
 
 def _partition(
-    lengths: list[int],
-    anchor: int,
-    max_size: int,
-    max_tokens: int,
-    max_padding: float,
-    overhead: float,
+    lengths: list[int], anchor: int, max_size: int, max_tokens: int, overhead: float, knee: float
 ) -> tuple[int, int]:
     """The run of sorted `lengths` holding `anchor` in the cheapest split into bounded runs.
 
-    The cost of a split is, per run, `overhead` + items x longest. A run first..last is allowed
-    when it is a lone item, or holds at most `max_size` items, `max_tokens` padded tokens and a
-    share of padding no larger than `max_padding`. A run whose longest and shortest items differ
-    by more than `overhead` is never cheapest (running its shortest item alone saves more
-    padding than the extra batch costs), so runs stop growing there: with a small overhead, as
-    on a CPU, the search is short.
+    A run first..end-1 costs `overhead + max(0, items x longest - knee)`; it is allowed when it
+    is a lone item or keeps `max_size` and `max_tokens`. A run whose longest and shortest items
+    differ by more than `max(overhead, knee)` is never cheapest (running its shortest item alone
+    saves more padding than the extra batch costs), so runs stop there: with a small overhead
+    and knee, as on a CPU, runs are short and so is the search.
+
+    least[end], the least cost of running lengths[:end], never falls as `end` grows (dropping
+    the longest item never makes a split dearer). So of the last runs that stay within the knee
+    the longest is cheapest, and only the runs beyond it need a search: for those, the cost is
+    least[first] - first x longest plus a constant, and within a group of equal lengths that
+    list is built once and extended as `end` moves on.
     """
     count = len(lengths)
-    prefix = [0]
-    for length in lengths:
-        prefix.append(prefix[-1] + length)
-    inf = math.inf
-    # before[p]: least cost of running lengths[:p]; after[p]: of running lengths[p:].
-    before = [0.0] + [inf] * count
+    spread = max(overhead, knee)
+    least, starts = [0.0] * (count + 1), [0] * (count + 1)
+    steep: list[float] = []  # least[first] - first x longest, for first from `base` on
+    base = longest = lowest_start = reach = within = 0
     for end in range(1, count + 1):
-        longest, best = lengths[end - 1], before[end - 1] + overhead + lengths[end - 1]
-        # Growing a run downwards only adds tokens and padding share: stop at the first miss.
-        for first in range(end - 2, max(end - max_size, 0) - 1, -1):
-            padded = (end - first) * longest
-            if (
-                padded > max_tokens
-                or padded - prefix[end] + prefix[first] > max_padding * padded
-                or longest - lengths[first] > overhead
-            ):
-                break
-            best = min(best, before[first] + overhead + padded)
-        before[end] = best
-    after = [inf] * count + [0.0]
-    for first in range(count - 1, -1, -1):
-        best = overhead + lengths[first] + after[first + 1]
-        for last in range(first + 1, min(first + max_size, count)):
-            padded = (last - first + 1) * lengths[last]
-            if padded > max_tokens or lengths[last] - lengths[first] > overhead:
-                break
-            if padded - prefix[last + 1] + prefix[first] <= max_padding * padded:
-                best = min(best, overhead + padded + after[last + 1])
-        after[first] = best
-    chosen, best_total = (
-        (anchor, anchor),
-        before[anchor] + overhead + lengths[anchor] + after[anchor + 1],
-    )
-    for first in range(anchor, max(anchor - max_size, -1), -1):
-        for last in range(max(anchor, first + 1), min(first + max_size, count)):
-            padded = (last - first + 1) * lengths[last]
-            if padded > max_tokens or lengths[last] - lengths[first] > overhead:
-                break
-            if padded - prefix[last + 1] + prefix[first] > max_padding * padded:
-                continue
-            total = before[first] + overhead + padded + after[last + 1]
-            # Ties go to the larger batch: the same estimated time, fewer items left waiting.
-            if total < best_total or (total == best_total and last - first > chosen[1] - chosen[0]):
-                chosen, best_total = (first, last), total
-    return chosen
+        if lengths[end - 1] != longest:  # a new group of equal lengths
+            longest = lengths[end - 1]
+            lowest_start = bisect.bisect_left(lengths, longest - spread)
+            reach = max(1, min(max_size, max_tokens // longest))  # a lone item may always run
+            within = int(knee // longest)  # items a run holds within the knee
+            base = max(lowest_start, end - reach)
+            steep = list(
+                map(operator.sub, least[base:end], range(base * longest, end * longest, longest))
+            )
+        else:
+            steep.append(least[end - 1] - (end - 1) * longest)
+        lowest = max(lowest_start, end - reach)
+        flat = max(lowest, end - within)
+        flat_total = least[flat] if flat < end else math.inf
+        steep_total, beyond, low = math.inf, steep[lowest - base : flat - base], math.inf
+        if beyond:
+            low = min(beyond)
+            steep_total = low + end * longest - knee
+        cheapest = min(flat_total, steep_total)
+        # Of equally cheap last runs, take the longest if it holds the oldest item (its batch
+        # grows), else the shortest (earlier runs, the oldest item's among them, keep more).
+        longest_run = lowest + beyond.index(low) if steep_total == cheapest else flat
+        if longest_run <= anchor < end:
+            start = longest_run
+        elif flat_total == cheapest:
+            start = bisect.bisect_right(least, cheapest, flat, end) - 1
+        else:
+            start = flat - 1 - beyond[::-1].index(low)
+        least[end], starts[end] = cheapest + overhead, start
+    end = count
+    while starts[end] > anchor:
+        end = starts[end]
+    return starts[end], end - 1
 
 
 def _grow(
@@ -161,7 +163,7 @@ def _grow(
 ) -> tuple[int, int]:
     """Grow a run of sorted `lengths` from `anchor`, least added padding first, to a bound.
 
-    With no known batch overhead, fewer batches is always better: the run grows as far as
+    With no batch cost worth saving, fewer batches is always better: the run grows as far as
     `max_size`, `max_tokens` and `max_padding` allow. An item no longer than the longest adds
     `longest - cost` padding, a longer one adds `size x (cost - longest)`.
     """

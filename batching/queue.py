@@ -14,8 +14,8 @@ from batching.grouping import select_batch
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
-# Batches are formed from at most this many of the oldest entries: grouping needs a choice of
-# lengths, not the whole queue, and forming stays well under a millisecond.
+# Batches are formed from the oldest entries, this many or `max_size` if larger: grouping needs a
+# choice of lengths, not the whole queue (see `select_batch` for what forming costs).
 MAX_CANDIDATES = 256
 
 
@@ -78,6 +78,7 @@ class ItemQueue(Generic[ItemT, ResultT]):
         max_tokens: int,
         max_padding: float,
         batch_overhead: float,
+        batch_knee: float,
         full_only: bool,
     ) -> list[Entry[ItemT, ResultT]]:
         """Remove and return the next batch; empty when `full_only` and no full batch exists.
@@ -94,11 +95,12 @@ class ItemQueue(Generic[ItemT, ResultT]):
         if not live:
             return []
         selection = select_batch(
-            [e.cost for e in live[:MAX_CANDIDATES]],
+            [e.cost for e in live[: max(MAX_CANDIDATES, max_size)]],
             max_size=max_size,
             max_tokens=max_tokens,
             max_padding=max_padding,
             batch_overhead=batch_overhead,
+            batch_knee=batch_knee,
         )
         if full_only and not selection.full:
             return []
