@@ -16,10 +16,13 @@ While the device is busy the queue fills on its own: the next full batch is prep
 current one runs (exactly one runs at a time), and a partial batch goes when the device frees.
 
 Which items: the oldest queued item always goes in the next batch (so an item waits for at most
-as many batches as were queued before it), with the items of similar length that the cheapest
-split of the queue puts beside it (`select_batch`). The split weighs padding against the fixed
-cost of a batch, which the batcher measures from the batches it runs (`BatchCost`); padding also
-stays under `max_padding`.
+as many batches as were queued before it), with the items that `select_batch` puts beside it.
+The batcher measures what a batch costs from the batches it runs (`BatchCost`: a floor up to a
+knee of padded tokens, then a cost per token; `seed_costs` fits it to warm-up passes before the
+first batch). Where that is known and a batch may cost more than its floor, the cheapest split
+of the queue decides: lengths stay apart on a CPU, mix up to the knee on a GPU. Otherwise (the
+cost still unknown, or the floor covering a whole batch) the batch fills greedily, least padding
+first, with at most `max_padding` of it padding.
 Items whose deadline passed or whose caller went away are dropped and never reach `run`.
 
 Failures: if `run` raises, the batch is split in halves and each retried, down to single items,
@@ -35,7 +38,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -124,8 +127,32 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
 
     @property
     def batch_overhead_tokens(self) -> float | None:
-        """The measured fixed cost of one batch in padded tokens' worth of time; None: unknown."""
+        """The measured fixed cost of one batch in padded tokens; None: unknown.
+
+        The time of the smallest batch (the floor, which on a GPU holds up to
+        `batch_knee_tokens`), in padded tokens at the measured cost of a token beyond the knee:
+        how many padded tokens one more batch is worth. `inf` when tokens cost nothing
+        measurable (batches then fill to the bounds).
+        """
         return self._cost.overhead_tokens if self._cost.fitted else None
+
+    @property
+    def batch_knee_tokens(self) -> float | None:
+        """Padded tokens a batch holds for the floor alone (about 0 on a CPU); None: unknown."""
+        return self._cost.knee_tokens if self._cost.fitted else None
+
+    def seed_costs(self, samples: Iterable[tuple[int, float]]) -> None:
+        """Fit the batch cost to timed warm-up passes, so that batches are costed from the first.
+
+        Without samples, batches fill greedily (least padding first, within `max_padding`)
+        until `BatchCost.min_batches` real batches of different sizes have run.
+
+        Args:
+            samples: (padded tokens, seconds) of forward passes on this device, spanning sizes
+                from one short item to a full batch; say two passes at each of six sizes, each
+                timed after one untimed pass of that shape.
+        """
+        self._cost.seed(samples)
 
     def token_budget(self, now: float | None = None) -> int:
         """Padded tokens allowed per batch now (lower for a while after out-of-memory)."""
@@ -264,10 +291,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             max_size=config.max_size,
             max_tokens=budget,
             max_padding=config.max_padding,
-            # Until the cost is known, batches group only equal lengths: a spread of batch
-            # sizes is what tells the fixed cost apart, and tight batches never waste much.
-            batch_overhead=self._cost.overhead_tokens if self._cost.fitted else 0.0,
-            batch_knee=0.0,
+            batch_overhead=self._cost.overhead_tokens,  # inf until fitted: the greedy fill
+            batch_knee=self._cost.knee_tokens,
             full_only=full_only,
         )
         if not batch:

@@ -421,6 +421,101 @@ async def test_large_fixed_batch_cost_fills_batches(started) -> None:
     assert any(len({costs[item] for item in b}) > 1 for b in late)
 
 
+async def test_cold_start_fills_batches_greedily(started) -> None:
+    """Before the batch cost is known, a batch fills to the bounds, least padding first."""
+    device = Device()
+    batcher = make(device, max_size=16, window_s=0.0, adaptive=False)
+    started(batcher)
+    await batcher.start()
+    costs = [8 + 3 * i for i in range(16)]  # no two lengths alike
+    assert await batcher.submit(list(range(16)), costs) == [2 * i for i in range(16)]
+    assert len(device.seen) == 1 and batcher.batch_overhead_tokens is None
+
+
+async def test_cold_start_keeps_padding_under_the_cap(started) -> None:
+    device = Device()
+    batcher = make(device, max_size=16, window_s=0.0, adaptive=False, max_padding=0.5)
+    started(batcher)
+    await batcher.start()
+    costs = [8, 200] * 8
+    await batcher.submit(list(range(16)), costs)
+    assert sorted(sorted(costs[i] for i in batch) for batch in device.seen) == [
+        [8] * 8,
+        [200] * 8,
+    ]
+
+
+def seeded_device(
+    cost_s: Callable[[int], float], costs: dict[int, int], seen: list[list[int]]
+) -> Callable[[list[int]], list[int]]:
+    """A batch function that sleeps `cost_s(padded tokens)` and records its batches."""
+
+    def run(batch: list[int]) -> list[int]:
+        time.sleep(cost_s(len(batch) * max(costs[item] for item in batch)))
+        seen.append(batch)
+        return batch
+
+    return run
+
+
+def warm_up(cost_s: Callable[[int], float]) -> list[tuple[int, float]]:
+    """Warm-up-like timings: two passes at each of six sizes up to a full batch, 3% jitter."""
+    rng = random.Random(1)
+    sizes = (16, 64, 256, 1024, 4096, 16384)
+    return [(size, cost_s(size) * rng.uniform(0.97, 1.03)) for size in sizes for _ in range(2)]
+
+
+async def test_seeded_cpu_like_device_keeps_lengths_apart_from_the_first_batch(started) -> None:
+    costs: dict[int, int] = {}
+    seen: list[list[int]] = []
+
+    def cpu_like(padded: int) -> float:
+        return 0.001 + 0.00002 * padded  # a fixed cost worth 50 padded tokens
+
+    batcher: Batcher[int, list[int], int] = Batcher(
+        list, seeded_device(cpu_like, costs, seen), BatchConfig(max_size=32, window_s=0.0)
+    )
+    batcher.seed_costs(warm_up(cpu_like))
+    overhead, knee = batcher.batch_overhead_tokens, batcher.batch_knee_tokens
+    assert overhead is not None and 40 <= overhead <= 60 and knee == 0.0
+    started(batcher)
+    await batcher.start()
+    items = list(range(32))
+    costs.update({item: (8, 200)[item % 2] for item in items})
+    await batcher.submit(items, [costs[item] for item in items])
+    assert all(len({costs[item] for item in batch}) == 1 for batch in seen), seen
+
+
+@pytest.mark.parametrize("max_size", [32, 256, 1024])
+async def test_seeded_gpu_like_device_fills_batches_from_the_first(started, max_size) -> None:
+    """A pass costs a 10 ms floor up to a knee of 8000 padded tokens, then 1 us a token: seeded
+    with warm-up timings, the batcher fills every batch to `max_size` from the first one."""
+    max_tokens = 16384
+    costs: dict[int, int] = {}
+    seen: list[list[int]] = []
+
+    def gpu_like(padded: int) -> float:
+        return max(0.010, 0.002 + 1e-6 * padded)
+
+    batcher: Batcher[int, list[int], int] = Batcher(
+        list,
+        seeded_device(gpu_like, costs, seen),
+        BatchConfig(max_size=max_size, max_tokens=max_tokens, window_s=0.0, queue_max=4096),
+    )
+    batcher.seed_costs(warm_up(gpu_like))
+    knee = batcher.batch_knee_tokens
+    assert knee is not None and 4096 <= knee <= 8192
+    started(batcher)
+    await batcher.start()
+    rng = random.Random(max_size)
+    items = list(range(3 * max_size))
+    # Lengths vary over all that a full batch can hold, so only the size bound stops a batch.
+    costs.update({item: rng.randint(1, max_tokens // max_size) for item in items})
+    assert await batcher.submit(items, [costs[item] for item in items]) == items
+    assert [len(batch) for batch in seen] == [max_size] * 3
+    assert all(len({costs[item] for item in batch}) > 1 for batch in seen)
+
+
 async def test_stop_fails_queued_items(started) -> None:
     device = Device()
     device.gate.clear()
@@ -450,8 +545,10 @@ async def test_submit_after_stop_is_refused(started) -> None:
 def test_public_surface_is_what_the_serving_layer_uses() -> None:
     public = {name for name in dir(Batcher) if not name.startswith("_")}
     assert public == {
+        "batch_knee_tokens",
         "batch_overhead_tokens",
         "queue_depth",
+        "seed_costs",
         "start",
         "stop",
         "submit",
