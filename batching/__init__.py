@@ -10,6 +10,7 @@ from batching.errors import (
     BatchingError,
     BatchOutputError,
     DeadlineExceededError,
+    DeviceFailedError,
     ItemTooLargeError,
     QueueFullError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "BatcherClosedError",
     "BatchingError",
     "DeadlineExceededError",
+    "DeviceFailedError",
     "ItemTooLargeError",
     "QueueFullError",
     "Selection",

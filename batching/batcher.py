@@ -26,8 +26,12 @@ first, with at most `max_padding` of it padding.
 Items whose deadline passed or whose caller went away are dropped and never reach `run`.
 
 Failures: if `run` raises, the batch is split in halves and each retried, down to single items,
-so only the failing item's caller gets the error. An out-of-memory error (as `is_oom` says) also
-halves the token budget for `oom_cooldown_s`. Results are set only on futures not already done.
+so only the failing item's caller gets the error. The failed pass's frames are cleared first, so
+its tensors are freed before any retry. An out-of-memory error (as `is_oom` says) also halves the
+token budget for `oom_cooldown_s`, and `after_oom` runs on the device thread before the halves.
+A fatal error (as `is_fatal` says: the device is unusable) is not retried: the batch, the queue
+and every later submission fail at once with DeviceFailedError. Results are set only on futures
+not already done. `running_for_s` tells how long the current forward pass has run (a watchdog).
 """
 
 from __future__ import annotations
@@ -46,10 +50,12 @@ from typing import Generic, TypeVar
 from batching.arrivals import ArrivalRate
 from batching.config import BatchConfig
 from batching.costs import BatchCost
+from batching.device import DeviceThread, release_frames
 from batching.errors import (
     BatcherClosedError,
     BatchOutputError,
     DeadlineExceededError,
+    DeviceFailedError,
     ItemTooLargeError,
     QueueFullError,
 )
@@ -82,6 +88,11 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         config: the batching bounds.
         observer: receives per-batch figures and rejections.
         is_oom: tells whether an exception from `run` is an out-of-memory error.
+        after_oom: runs on the device thread after an out-of-memory error, before the halves
+            are retried (e.g. `torch.cuda.empty_cache`).
+        is_fatal: tells whether an exception from `run` leaves the device unusable (e.g. a CUDA
+            error that poisons the context); from then on everything fails at once with
+            DeviceFailedError.
         run_executor: the single thread that owns the device (one is created when omitted).
         clock: monotonic seconds.
     """
@@ -94,6 +105,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         *,
         observer: BatchObserver | None = None,
         is_oom: Callable[[BaseException], bool] | None = None,
+        after_oom: Callable[[], None] | None = None,
+        is_fatal: Callable[[BaseException], bool] | None = None,
         run_executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -102,8 +115,9 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         self.config = config
         self._observer = observer or BatchObserver()
         self._is_oom = is_oom or (lambda _exc: False)
-        self._owns_run_executor = run_executor is None
-        self._run_executor = run_executor or ThreadPoolExecutor(1, thread_name_prefix="batch-run")
+        self._after_oom = after_oom
+        self._is_fatal = is_fatal or (lambda _exc: False)
+        self._device = DeviceThread(run_executor, clock)
         self._prepare_executor = ThreadPoolExecutor(1, thread_name_prefix="batch-prepare")
         self._clock = clock
         self._queue: ItemQueue[ItemT, ResultT] = ItemQueue()
@@ -115,6 +129,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         self._idle_since = clock()
         self._oom_until = -math.inf
         self._oom_budget = config.max_tokens
+        self._device_error: BaseException | None = None
         self._wakeup = asyncio.Event()
         self._closed = False
         self._former: asyncio.Task[None] | None = None
@@ -154,6 +169,18 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         """
         self._cost.seed(samples)
 
+    @property
+    def device_error(self) -> BaseException | None:
+        """The error `is_fatal` called fatal, after which nothing runs; None while it works."""
+        return self._device_error
+
+    def running_for_s(self, now: float | None = None) -> float | None:
+        """How long the device thread has been in its current call: a forward pass (with its
+        collation, on an idle device) or `after_oom`. None when idle. A watchdog can fail
+        liveness when a pass hangs.
+        """
+        return self._device.running_for_s(now)
+
     def token_budget(self, now: float | None = None) -> int:
         """Padded tokens allowed per batch now (lower for a while after out-of-memory)."""
         now = self._clock() if now is None else now
@@ -178,10 +205,15 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             QueueFullError: the queue cannot take the items now.
             DeadlineExceededError: the deadline passed first.
             BatcherClosedError: the batcher was stopped.
+            DeviceFailedError: the device failed for good (see `is_fatal`).
             ItemTooLargeError: an item could never fit in a batch.
         """
         if self._closed:
             raise BatcherClosedError("the batcher is not accepting work")
+        if self._device_error is not None:
+            raise DeviceFailedError("the device failed; restart the process") from (
+                self._device_error
+            )
         if len(items) != len(costs):
             raise ValueError("items and costs differ in length")
         if not items:
@@ -239,8 +271,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             if not entry.future.done():
                 entry.future.set_exception(BatcherClosedError("the batcher stopped"))
         self._prepare_executor.shutdown(wait=False, cancel_futures=True)
-        if self._owns_run_executor:
-            self._run_executor.shutdown(wait=False, cancel_futures=True)
+        self._device.shutdown()
 
     # -- forming ---------------------------------------------------------------------------
 
@@ -341,14 +372,30 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         prepared: PreparedT | None,
         dispatch: _Dispatch,
     ) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            live, results, elapsed = await loop.run_in_executor(
-                self._run_executor, self._run_in_thread, batch, prepared
-            )
+            live, results, elapsed = await self._device.call(self._run_in_thread, batch, prepared)
         except Exception as exc:
-            await self._isolate(batch, exc, dispatch)
+            halves, out_of_memory = self._settle_failure(batch, exc)
+        else:
+            self._deliver(live, results, elapsed, dispatch)
             return
+        # The failed pass's exception is gone by now (its frames cleared too): nothing keeps
+        # that batch's activations alive while the device frees memory and runs the halves.
+        if out_of_memory and self._after_oom is not None:
+            try:
+                await self._device.call(self._after_oom)
+            except Exception:
+                logger.exception("after_oom failed")
+        for half in halves:
+            await self._execute(half, None, dispatch)
+
+    def _deliver(
+        self,
+        live: list[Entry[ItemT, ResultT]],
+        results: Sequence[ResultT],
+        elapsed: float,
+        dispatch: _Dispatch,
+    ) -> None:
         if not live:
             return
         if len(results) != len(live):
@@ -379,6 +426,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
     def _run_in_thread(
         self, batch: list[Entry[ItemT, ResultT]], prepared: PreparedT | None
     ) -> tuple[list[Entry[ItemT, ResultT]], Sequence[ResultT], float]:
+        if self._device_error is not None:
+            raise DeviceFailedError("the device failed before this batch ran")
         live = [e for e in batch if not e.dropped]
         if not live:
             return live, [], 0.0
@@ -388,25 +437,41 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         results = self._run(prepared)
         return live, results, self._clock() - started
 
-    async def _isolate(
-        self, batch: list[Entry[ItemT, ResultT]], exc: Exception, dispatch: _Dispatch
-    ) -> None:
-        if self._is_oom(exc):
+    def _settle_failure(
+        self, batch: list[Entry[ItemT, ResultT]], exc: Exception
+    ) -> tuple[list[list[Entry[ItemT, ResultT]]], bool]:
+        """Fail what a failed pass must fail; return the halves to retry and whether the device
+        ran out of memory. Holds on to `exc` only where a caller gets it."""
+        release_frames(exc)
+        live = [e for e in batch if not e.dropped and not e.future.done()]
+        if self._device_error is None and self._is_fatal(exc):
+            self._device_error = exc
+            logger.critical("fatal device error (%s); failing all work", type(exc).__name__)
+            live.extend(self._queue.clear())
+        if self._device_error is not None:
+            # No halving on a dead device: every retry would fail the same way.
+            for entry in live:
+                entry.dropped = True
+                if not entry.future.done():
+                    error = DeviceFailedError("the device failed; restart the process")
+                    error.__cause__ = self._device_error
+                    entry.future.set_exception(error)
+            return [], False
+        out_of_memory = self._is_oom(exc)
+        if out_of_memory:
             padded = len(batch) * max(e.cost for e in batch)
             self._oom_budget = max(1, min(self.token_budget(), padded) // 2)
             self._oom_until = self._clock() + self.config.oom_cooldown_s
             logger.warning(
                 "out of memory on %d padded tokens; budget now %d", padded, self._oom_budget
             )
-        live = [e for e in batch if not e.dropped and not e.future.done()]
         if len(live) <= 1:
             for entry in live:
                 entry.future.set_exception(exc)
-            return
+            return [], out_of_memory
         logger.debug("batch of %d failed (%s); retrying halves", len(live), type(exc).__name__)
         middle = len(live) // 2
-        for half in (live[:middle], live[middle:]):
-            await self._execute(half, None, dispatch)
+        return [live[:middle], live[middle:]], out_of_memory
 
     # -- bookkeeping -------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ BatchingError
  ├── QueueFullError          the queue holds QUEUE_MAX items; carries retry_after_s
  ├── DeadlineExceededError   the item's deadline passed before its result was ready
  ├── BatcherClosedError      the batcher was stopped
+ ├── DeviceFailedError       `run` raised an error `is_fatal` calls fatal; nothing runs again
  ├── ItemTooLargeError       one item's cost exceeds the per-batch token budget
  └── BatchOutputError        the batch function returned the wrong number of results
 """
@@ -29,6 +30,13 @@ class DeadlineExceededError(BatchingError):
 
 class BatcherClosedError(BatchingError):
     """The batcher was stopped: it accepts no new work."""
+
+
+class DeviceFailedError(BatchingError):
+    """The device failed for good (its error is the `__cause__`): the process must restart.
+
+    The failing batch, everything queued then and every later submission get this error.
+    """
 
 
 class ItemTooLargeError(BatchingError):

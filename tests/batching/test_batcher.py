@@ -4,7 +4,9 @@ import asyncio
 import random
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
@@ -17,6 +19,7 @@ from batching import (
     BatchOutputError,
     BatchStats,
     DeadlineExceededError,
+    DeviceFailedError,
     ItemTooLargeError,
     QueueFullError,
 )
@@ -299,6 +302,114 @@ async def test_oom_halves_the_token_budget(started) -> None:
     assert batcher.token_budget() < 1000
 
 
+async def test_oom_retry_runs_after_oom_on_the_device_thread_with_the_failed_pass_freed(
+    started,
+) -> None:
+    class OutOfMemory(RuntimeError):
+        pass
+
+    class Activations:
+        """What a forward pass holds in its frames while it runs."""
+
+    events: list[str] = []
+    threads: dict[str, int] = {}
+    failed_passes: list[weakref.ref[Activations]] = []
+
+    def run(batch: list[int]) -> list[int]:
+        threads["run"] = threading.get_ident()
+        activations = Activations()
+        if len(batch) > 2:
+            failed_passes.append(weakref.ref(activations))
+            events.append(f"out of memory on {len(batch)}")
+            raise OutOfMemory("out of memory")
+        freed = all(ref() is None for ref in failed_passes)
+        events.append(f"ran {len(batch)}, failed pass freed: {freed}")
+        return batch
+
+    def after_oom() -> None:
+        threads["after_oom"] = threading.get_ident()
+        events.append("after_oom")
+
+    device_thread = ThreadPoolExecutor(1)
+    batcher: Batcher[int, list[int], int] = Batcher(
+        list,
+        run,
+        BatchConfig(max_size=4, window_s=0.0),
+        is_oom=lambda exc: isinstance(exc, OutOfMemory),
+        after_oom=after_oom,
+        run_executor=device_thread,
+    )
+    started(batcher)
+    await batcher.start()
+    assert await batcher.submit([1, 2, 3, 4], [4] * 4) == [1, 2, 3, 4]
+    assert events == [
+        "out of memory on 4",
+        "after_oom",
+        "ran 2, failed pass freed: True",
+        "ran 2, failed pass freed: True",
+    ]
+    assert threads["after_oom"] == threads["run"]
+    device_thread.shutdown()
+
+
+async def test_fatal_error_fails_everything_at_once(started) -> None:
+    class DeviceLost(RuntimeError):
+        pass
+
+    entered, gate = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def run(batch: list[int]) -> list[int]:
+        calls.append(len(batch))
+        entered.set()
+        gate.wait(5)
+        raise DeviceLost("CUDA error: an illegal memory access was encountered")
+
+    batcher: Batcher[int, list[int], int] = Batcher(
+        list,
+        run,
+        BatchConfig(max_size=4, window_s=0.0),
+        is_fatal=lambda exc: isinstance(exc, DeviceLost),
+    )
+    started(batcher)
+    await batcher.start()
+    running = asyncio.create_task(batcher.submit([1, 2, 3, 4], [4] * 4))
+    assert await asyncio.to_thread(entered.wait, 5)
+    prepared = asyncio.create_task(batcher.submit([5, 6, 7, 8], [4] * 4))  # a full batch
+    queued = asyncio.create_task(batcher.submit([9, 10], [4, 4]))
+    await asyncio.sleep(0)
+    gate.set()
+    for task in (running, prepared, queued):
+        with pytest.raises(DeviceFailedError) as info:
+            await task
+        assert isinstance(info.value.__cause__, DeviceLost)
+    assert all(size == 4 for size in calls), "no halving on a dead device"
+    assert isinstance(batcher.device_error, DeviceLost)
+    started_at = time.monotonic()
+    with pytest.raises(DeviceFailedError):
+        await batcher.submit([11], [4])
+    assert time.monotonic() - started_at < 0.05
+    assert batcher.queue_depth == 0
+
+
+async def test_running_for_s_tells_how_long_the_pass_has_run(started) -> None:
+    device = Device()
+    device.gate.clear()
+    batcher = make(device, window_s=0.0)
+    started(batcher)
+    await batcher.start()
+    assert batcher.running_for_s() is None
+    busy = asyncio.create_task(batcher.submit([1], [4]))
+    await wait_entered(device)
+    running = batcher.running_for_s()
+    assert running is not None and 0.0 <= running < 5.0
+    later = batcher.running_for_s(now=time.monotonic() + 30.0)
+    assert later is not None and later >= 30.0
+    device.gate.set()
+    assert await busy == [2]
+    assert batcher.running_for_s() is None
+
+
 async def test_wrong_result_count_is_an_error(started) -> None:
     batcher: Batcher[int, list[int], int] = Batcher(
         list, lambda batch: batch[:-1], BatchConfig(window_s=0.0)
@@ -547,7 +658,9 @@ def test_public_surface_is_what_the_serving_layer_uses() -> None:
     assert public == {
         "batch_knee_tokens",
         "batch_overhead_tokens",
+        "device_error",
         "queue_depth",
+        "running_for_s",
         "seed_costs",
         "start",
         "stop",
