@@ -26,12 +26,11 @@ first, with at most `max_padding` of it padding.
 Items whose deadline passed or whose caller went away are dropped and never reach `run`.
 
 Failures: if `run` raises, the batch is split in halves and each retried, down to single items,
-so only the failing item's caller gets the error. The failed pass's frames are cleared first, so
-its tensors are freed before any retry. An out-of-memory error (as `is_oom` says) also halves the
-token budget for `oom_cooldown_s`, and `after_oom` runs on the device thread before the halves.
-A fatal error (as `is_fatal` says: the device is unusable) is not retried: the batch, the queue
-and every later submission fail at once with DeviceFailedError. Results are set only on futures
-not already done. `running_for_s` tells how long the current forward pass has run (a watchdog).
+so only the failing item's caller gets the error; the failed pass's frames are cleared first, so
+its tensors are freed before any retry. Out of memory (`is_oom`) also halves the token budget for
+`oom_cooldown_s` and runs `after_oom` on the device thread before the halves. A fatal error
+(`is_fatal`: the device is unusable) is never retried: the batch, the queue and every later
+submission fail at once with DeviceFailedError. Results are set only on futures not already done.
 """
 
 from __future__ import annotations
@@ -50,17 +49,16 @@ from typing import Generic, TypeVar
 from batching.arrivals import ArrivalRate
 from batching.config import BatchConfig
 from batching.costs import BatchCost
-from batching.device import DeviceThread, release_frames
+from batching.device import Device
 from batching.errors import (
     BatcherClosedError,
     BatchOutputError,
     DeadlineExceededError,
-    DeviceFailedError,
     ItemTooLargeError,
     QueueFullError,
 )
 from batching.observer import BatchObserver, BatchStats
-from batching.queue import Entry, ItemQueue
+from batching.queue import Entry, ItemQueue, fail
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +88,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         is_oom: tells whether an exception from `run` is an out-of-memory error.
         after_oom: runs on the device thread after an out-of-memory error, before the halves
             are retried (e.g. `torch.cuda.empty_cache`).
-        is_fatal: tells whether an exception from `run` leaves the device unusable (e.g. a CUDA
-            error that poisons the context); from then on everything fails at once with
-            DeviceFailedError.
+        is_fatal: tells whether an exception from `run` leaves the device unusable (a CUDA error
+            that poisons the context): everything then fails at once with DeviceFailedError.
         run_executor: the single thread that owns the device (one is created when omitted).
         clock: monotonic seconds.
     """
@@ -114,10 +111,15 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         self._run = run
         self.config = config
         self._observer = observer or BatchObserver()
-        self._is_oom = is_oom or (lambda _exc: False)
-        self._after_oom = after_oom
-        self._is_fatal = is_fatal or (lambda _exc: False)
-        self._device = DeviceThread(run_executor, clock)
+        self._device = Device(
+            run_executor,
+            max_tokens=config.max_tokens,
+            oom_cooldown_s=config.oom_cooldown_s,
+            is_oom=is_oom,
+            after_oom=after_oom,
+            is_fatal=is_fatal,
+            clock=clock,
+        )
         self._prepare_executor = ThreadPoolExecutor(1, thread_name_prefix="batch-prepare")
         self._clock = clock
         self._queue: ItemQueue[ItemT, ResultT] = ItemQueue()
@@ -127,9 +129,6 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         self._cost = BatchCost()
         self._inflight = 0
         self._idle_since = clock()
-        self._oom_until = -math.inf
-        self._oom_budget = config.max_tokens
-        self._device_error: BaseException | None = None
         self._wakeup = asyncio.Event()
         self._closed = False
         self._former: asyncio.Task[None] | None = None
@@ -142,13 +141,9 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
 
     @property
     def batch_overhead_tokens(self) -> float | None:
-        """The measured fixed cost of one batch in padded tokens; None: unknown.
-
-        The time of the smallest batch (the floor, which on a GPU holds up to
-        `batch_knee_tokens`), in padded tokens at the measured cost of a token beyond the knee:
-        how many padded tokens one more batch is worth. `inf` when tokens cost nothing
-        measurable (batches then fill to the bounds).
-        """
+        """The measured fixed cost of one batch in padded tokens (None: unknown; `inf`: tokens
+        cost nothing measurable): the time of the smallest batch, which on a GPU holds up to
+        `batch_knee_tokens`, over the time of one padded token beyond the knee."""
         return self._cost.overhead_tokens if self._cost.fitted else None
 
     @property
@@ -157,34 +152,28 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         return self._cost.knee_tokens if self._cost.fitted else None
 
     def seed_costs(self, samples: Iterable[tuple[int, float]]) -> None:
-        """Fit the batch cost to timed warm-up passes, so that batches are costed from the first.
-
-        Without samples, batches fill greedily (least padding first, within `max_padding`)
-        until `BatchCost.min_batches` real batches of different sizes have run.
+        """Fit the batch cost to timed warm-up passes, so that batches are costed from the first
+        (without, they fill greedily until 8 real batches of different sizes have run).
 
         Args:
-            samples: (padded tokens, seconds) of forward passes on this device, spanning sizes
-                from one short item to a full batch; say two passes at each of six sizes, each
-                timed after one untimed pass of that shape.
+            samples: (padded tokens, seconds) of forward passes on this device, from one short
+                item to a full batch: say two timed passes at each of six sizes.
         """
         self._cost.seed(samples)
 
     @property
     def device_error(self) -> BaseException | None:
         """The error `is_fatal` called fatal, after which nothing runs; None while it works."""
-        return self._device_error
+        return self._device.error
 
     def running_for_s(self, now: float | None = None) -> float | None:
-        """How long the device thread has been in its current call: a forward pass (with its
-        collation, on an idle device) or `after_oom`. None when idle. A watchdog can fail
-        liveness when a pass hangs.
-        """
+        """How long the device thread has been in its current call, a forward pass (with its
+        collation on an idle device) or `after_oom`; None when idle. For a watchdog."""
         return self._device.running_for_s(now)
 
     def token_budget(self, now: float | None = None) -> int:
         """Padded tokens allowed per batch now (lower for a while after out-of-memory)."""
-        now = self._clock() if now is None else now
-        return self._oom_budget if now < self._oom_until else self.config.max_tokens
+        return self._device.token_budget(now)
 
     async def start(self) -> None:
         """Start the forming task."""
@@ -210,10 +199,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         """
         if self._closed:
             raise BatcherClosedError("the batcher is not accepting work")
-        if self._device_error is not None:
-            raise DeviceFailedError("the device failed; restart the process") from (
-                self._device_error
-            )
+        if self._device.error is not None:
+            raise self._device.failure()
         if len(items) != len(costs):
             raise ValueError("items and costs differ in length")
         if not items:
@@ -266,10 +253,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._former = None
-        for entry in self._queue.clear():
-            entry.dropped = True
-            if not entry.future.done():
-                entry.future.set_exception(BatcherClosedError("the batcher stopped"))
+        fail(self._queue.clear(), lambda: BatcherClosedError("the batcher stopped"))
         self._prepare_executor.shutdown(wait=False, cancel_futures=True)
         self._device.shutdown()
 
@@ -375,18 +359,26 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         try:
             live, results, elapsed = await self._device.call(self._run_in_thread, batch, prepared)
         except Exception as exc:
-            halves, out_of_memory = self._settle_failure(batch, exc)
+            out_of_memory = self._device.take_failure(exc, len(batch) * max(e.cost for e in batch))
+            live = [e for e in batch if not e.dropped and not e.future.done()]
+            if self._device.error is not None:
+                # No halving on a dead device: every retry would fail the same way.
+                fail(live + self._queue.clear(), self._device.failure)
+                return
+            if len(live) <= 1:
+                for entry in live:
+                    entry.future.set_exception(exc)
+                return
+            logger.debug("batch of %d failed (%s); retrying halves", len(live), type(exc).__name__)
         else:
             self._deliver(live, results, elapsed, dispatch)
             return
         # The failed pass's exception is gone by now (its frames cleared too): nothing keeps
         # that batch's activations alive while the device frees memory and runs the halves.
-        if out_of_memory and self._after_oom is not None:
-            try:
-                await self._device.call(self._after_oom)
-            except Exception:
-                logger.exception("after_oom failed")
-        for half in halves:
+        if out_of_memory:
+            await self._device.release_memory()
+        middle = len(live) // 2
+        for half in (live[:middle], live[middle:]):
             await self._execute(half, None, dispatch)
 
     def _deliver(
@@ -399,12 +391,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         if not live:
             return
         if len(results) != len(live):
-            error = BatchOutputError(
-                f"batch function returned {len(results)} results for {len(live)} items"
-            )
-            for entry in live:
-                if not entry.future.done():
-                    entry.future.set_exception(error)
+            message = f"batch function returned {len(results)} results for {len(live)} items"
+            fail(live, lambda: BatchOutputError(message))
             return
         for entry, result in zip(live, results, strict=True):
             if not entry.future.done():
@@ -426,8 +414,6 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
     def _run_in_thread(
         self, batch: list[Entry[ItemT, ResultT]], prepared: PreparedT | None
     ) -> tuple[list[Entry[ItemT, ResultT]], Sequence[ResultT], float]:
-        if self._device_error is not None:
-            raise DeviceFailedError("the device failed before this batch ran")
         live = [e for e in batch if not e.dropped]
         if not live:
             return live, [], 0.0
@@ -436,42 +422,6 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         started = self._clock()
         results = self._run(prepared)
         return live, results, self._clock() - started
-
-    def _settle_failure(
-        self, batch: list[Entry[ItemT, ResultT]], exc: Exception
-    ) -> tuple[list[list[Entry[ItemT, ResultT]]], bool]:
-        """Fail what a failed pass must fail; return the halves to retry and whether the device
-        ran out of memory. Holds on to `exc` only where a caller gets it."""
-        release_frames(exc)
-        live = [e for e in batch if not e.dropped and not e.future.done()]
-        if self._device_error is None and self._is_fatal(exc):
-            self._device_error = exc
-            logger.critical("fatal device error (%s); failing all work", type(exc).__name__)
-            live.extend(self._queue.clear())
-        if self._device_error is not None:
-            # No halving on a dead device: every retry would fail the same way.
-            for entry in live:
-                entry.dropped = True
-                if not entry.future.done():
-                    error = DeviceFailedError("the device failed; restart the process")
-                    error.__cause__ = self._device_error
-                    entry.future.set_exception(error)
-            return [], False
-        out_of_memory = self._is_oom(exc)
-        if out_of_memory:
-            padded = len(batch) * max(e.cost for e in batch)
-            self._oom_budget = max(1, min(self.token_budget(), padded) // 2)
-            self._oom_until = self._clock() + self.config.oom_cooldown_s
-            logger.warning(
-                "out of memory on %d padded tokens; budget now %d", padded, self._oom_budget
-            )
-        if len(live) <= 1:
-            for entry in live:
-                entry.future.set_exception(exc)
-            return [], out_of_memory
-        logger.debug("batch of %d failed (%s); retrying halves", len(live), type(exc).__name__)
-        middle = len(live) // 2
-        return [live[:middle], live[middle:]], out_of_memory
 
     # -- bookkeeping -------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -111,6 +111,12 @@ class ItemQueue(Generic[ItemT, ResultT]):
 
     def _expire(self, entry: Entry[ItemT, ResultT]) -> None:
         self.discard(entry)
+        fail([entry], lambda: DeadlineExceededError("the deadline passed while queued"))
+
+
+def fail(entries: Iterable[Entry[ItemT, ResultT]], error: Callable[[], BaseException]) -> None:
+    """Drop `entries` (a batch still to run skips them) and fail their pending futures."""
+    for entry in entries:
         entry.dropped = True
         if not entry.future.done():
-            entry.future.set_exception(DeadlineExceededError("the deadline passed while queued"))
+            entry.future.set_exception(error())
