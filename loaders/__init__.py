@@ -2,13 +2,14 @@
 
 `resolve_source` (or `pull`) turns a spec into safetensors files; `load_weights` validates their
 headers strictly and streams their tensors to a device, optionally checking each file against a
-pinned SHA-256 digest (`parse_digest_pins`, `recorded_digests`). Every error raised derives from
-`LoaderError`. This package reads no environment variables: all settings are arguments.
+pinned SHA-256 digest (`recorded_digests` reads the ones a hub cache records). Every error
+raised derives from `LoaderError`. This package reads no environment variables: all settings are
+arguments.
 """
 
 from __future__ import annotations
 
-from loaders.digests import parse_digest_pins, recorded_digests
+from loaders.digests import recorded_digests
 from loaders.errors import (
     CorruptWeightsError,
     DigestMismatchError,
@@ -46,7 +47,6 @@ __all__ = [
     "filesystem_type",
     "is_network_filesystem",
     "load_weights",
-    "parse_digest_pins",
     "plan_chunks",
     "pull",
     "read_header",

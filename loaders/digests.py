@@ -1,4 +1,4 @@
-"""SHA-256 pins of weight files: parsing them, finding the ones a hub cache records, hashing.
+"""SHA-256 pins of weight files: matching them to files, the ones a hub cache records, hashing.
 
 A pin covers a file's full bytes, header included, so that it matches ``sha256sum`` of the file and
 the digest the Hugging Face hub shows for it. The hub client names each cached LFS blob by that
@@ -16,7 +16,7 @@ import torch
 
 from loaders.sources import ModelSource
 
-__all__ = ["parse_digest_pins", "pinned_files", "recorded_digests", "sha256_of_loaded"]
+__all__ = ["pinned_files", "recorded_digests", "sha256_of_loaded"]
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _BLOBS_DIR = "blobs"
@@ -43,50 +43,6 @@ def recorded_digests(source: ModelSource) -> dict[str, str]:
         if blob.parent.name == _BLOBS_DIR and _SHA256_HEX.fullmatch(blob.name):
             recorded[path.name] = blob.name
     return recorded
-
-
-def parse_digest_pins(value: str, files: Sequence[Path]) -> dict[str, str]:
-    """Parse pins given as one digest (a single-file model) or ``name=digest,name=digest`` pairs.
-
-    Every weight file must be pinned, so that a pin cannot silently leave a shard unchecked.
-
-    Args:
-        value: the text of the setting; digests are 64 hex characters, in either case.
-        files: the model's weight files; pairs name them by file name.
-
-    Returns:
-        ``{file name: lowercase hex digest}`` for every file, ready for `load_weights`.
-
-    Raises:
-        ValueError: with a message saying what is wrong and what is accepted.
-    """
-    names = [Path(file).name for file in files]
-    text = value.strip()
-    if not text:
-        raise ValueError("no digest given: expected a sha256 digest or name=digest pairs")
-    if "=" not in text:
-        if len(names) != 1:
-            raise ValueError(
-                f"a single digest pins a single-file model, but this model has {len(names)}"
-                f" weight files ({', '.join(names) or 'none'}): give name=digest,name=digest"
-            )
-        return {names[0]: _digest(text)}
-    pins: dict[str, str] = {}
-    for item in text.split(","):
-        name, equals, digest = (part.strip() for part in item.partition("="))
-        if not equals or not name:
-            raise ValueError(f"{item.strip()!r} is not name=digest")
-        if name not in names:
-            raise ValueError(
-                f"{name!r} is not a weight file of this model (its files: {', '.join(names)})"
-            )
-        if name in pins:
-            raise ValueError(f"{name!r} is pinned twice")
-        pins[name] = _digest(digest)
-    unpinned = [name for name in names if name not in pins]
-    if unpinned:
-        raise ValueError(f"no digest for {', '.join(unpinned)}: every weight file must be pinned")
-    return pins
 
 
 def pinned_files(expected_sha256: Mapping[str, str], paths: Sequence[Path]) -> dict[int, str]:

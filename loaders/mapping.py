@@ -1,12 +1,13 @@
-"""Private (copy-on-write) mappings of safetensors files: the opt-in zero-copy CPU path.
+"""Private (copy-on-write) mappings of safetensors files: the zero-copy CPU path.
 
 A mapped region shares the page cache's pages instead of copying them into fresh memory, so a warm
-load costs page-table entries only. Its tensors are not owned, which is why this is never the
-default: a write to one copies that page for the process alone (the file never changes), but a
-file changed in place by another process shows through, and one truncated under the mapping makes
-a later access fault (SIGBUS). Use it only for read-only local storage. On a network filesystem
-the page cache may drop pages under memory pressure and fault them back one round trip at a time,
-long after the load.
+load costs page-table entries only. Its tensors are not owned: a write to one copies that page for
+the process alone (the file never changes), but a file changed in place by another process shows
+through, and one truncated under the mapping makes a later access fault (SIGBUS). That is why
+`load_weights` maps by default only on a CPU with every file on local storage, where model
+volumes are mounted read-only and tools that replace a file write a new inode; on a network
+filesystem the page cache may drop pages under memory pressure and fault them back one round
+trip at a time, long after the load, so there it reads into owned memory.
 """
 
 from __future__ import annotations

@@ -1,14 +1,13 @@
 """Streaming of safetensors data to a device in large concurrent reads.
 
 The idea is the Run:ai model streamer's: once every header is validated, each file's data region is
-split into file-contiguous chunks of `chunk_bytes`, regardless of tensor boundaries, and a thread
-pool reads them with `os.preadv` (which releases the GIL, so reads overlap). Each file's data region
-lands in one owned uint8 allocation on the target device; tensors are typed views of their bytes.
-
-On CPU the chunks are read straight into that allocation, with no copy. On CUDA they are read into a
-fixed pool of pinned host buffers and copied to the device on a side stream, so that reads overlap
-with copies; a buffer is refilled only once the event recorded after its last copy has completed.
-Either way, returned tensors never alias a buffer that is reused.
+split into file-contiguous chunks of `chunk_bytes`, regardless of tensor boundaries (one plan for
+every target), and a thread pool reads them with `os.preadv` (which releases the GIL, so reads
+overlap). Each file's data region lands in one uint8 region on the target; tensors are typed views
+of its bytes. How a chunk gets there is the business of one reader per target
+(`loaders.readers`): straight into owned CPU memory, faulted into a private mapping (the default
+on a CPU with local storage), or staged through pinned buffers to a CUDA device. Returned tensors
+never alias a buffer that is reused.
 
 Files pinned to a SHA-256 digest are hashed from what was read (the header bytes and the data
 region), never read twice; on CPU each file is hashed in a worker as soon as its last chunk lands,
@@ -20,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -30,15 +28,10 @@ from pathlib import Path
 import torch
 
 from loaders.digests import pinned_files, sha256_of_loaded
-from loaders.errors import (
-    DigestMismatchError,
-    DuplicateTensorError,
-    TruncatedFileError,
-    WeightsReadError,
-)
+from loaders.errors import DigestMismatchError, DuplicateTensorError, WeightsReadError
 from loaders.header import DTYPES, SafetensorsHeader, TensorInfo, read_header_and_bytes_fd
-from loaders.mapping import map_file, mapped_region, populate
 from loaders.progress import ProgressLog
+from loaders.readers import CudaReader, HostReader, MappedReader, Reader
 from loaders.storage import is_network_filesystem
 
 __all__ = ["LoadStats", "ReadChunk", "load_weights", "plan_chunks"]
@@ -118,7 +111,7 @@ def load_weights(
         progress: called as `progress(bytes_done, bytes_total)` after each chunk, always from the
             calling thread.
         expected_sha256: SHA-256 hex digests of whole files (header included) by file name, as
-            `parse_digest_pins` or `recorded_digests` give them; files not named are not checked.
+            `recorded_digests` gives them; files not named are not checked.
         mapped: CPU only: map the files copy-on-write and fault their pages in with the same
             chunked parallel reads, instead of reading into owned memory. No allocation and no
             copy, but the tensors share the page cache (see `loaders.mapping`): for read-only
@@ -159,73 +152,14 @@ def load_weights(
             [(h.data_start, h.file_size) for h in headers],
             _read_size(total, num_threads, chunk_bytes),
         )
-        maps = [map_file(fd, path) for fd, path in zip(fds, paths, strict=True)] if mapped else []
-        regions = (
-            [mapped_region(mapping, header) for mapping, header in zip(maps, headers, strict=True)]
-            if mapped
-            else [torch.empty(h.data_bytes, dtype=torch.uint8, device=target) for h in headers]
+        reader = _reader(fds, paths, headers, target, mapped, chunks, num_threads)
+        digests = stack.enter_context(
+            _Digests(heads, pins, reader.regions, chunk_bytes, num_threads)
         )
-        staging: _CudaStaging | None = None
-        copy_in: Callable[[int, Path, torch.Tensor, int], None] = _pread_to_host
-        if target.type == "cuda":
-            largest = max((chunk.length for chunk in chunks), default=0)
-            # Two buffers per reader let one be copied to the device while the other is filled.
-            staging = _CudaStaging(target, min(2 * num_threads, len(chunks)), largest)
-            copy_in = staging.read
-
-        def read_chunk(chunk: ReadChunk) -> None:
-            index = chunk.file_index
-            if mapped:
-                populate(maps[index], paths[index], chunk.offset, chunk.length)
-                return
-            begin = chunk.offset - headers[index].data_start
-            dest = regions[index][begin : begin + chunk.length]
-            copy_in(fds[index], paths[index], dest, chunk.offset)
-
-        hashing: ThreadPoolExecutor | None = None
-        if pins:
-            hashing = ThreadPoolExecutor(min(num_threads, len(pins)), "loaders-hash")
-            # On failure, hashes not yet started are dropped; on success none are left.
-            stack.callback(hashing.shutdown, wait=True, cancel_futures=True)
-        digests: dict[int, Future[str]] = {}
-
-        def hash_file(index: int) -> None:
-            if hashing is not None and index in pins:
-                digests[index] = hashing.submit(
-                    sha256_of_loaded, heads[index], regions[index], chunk_bytes
-                )
-
         remaining = [h.data_bytes for h in headers]
-        done = 0
-        report = ProgressLog(total, started=started)
-
-        def chunk_done(chunk: ReadChunk) -> None:
-            nonlocal done
-            done += chunk.length
-            remaining[chunk.file_index] -= chunk.length
-            if staging is None and remaining[chunk.file_index] == 0:
-                hash_file(chunk.file_index)
-            if progress is not None:
-                progress(done, total)
-            report.update(done)
-
-        try:
-            if staging is None:
-                for index in (index for index, size in enumerate(remaining) if size == 0):
-                    hash_file(index)
-            _read_all(chunks, read_chunk, num_threads, chunk_done)
-        finally:
-            # Even on failure: the regions must not be freed while copies into them are queued.
-            if staging is not None:
-                staging.finish()
-        if staging is not None:
-            # On a device, a region is complete only once every copy into it has finished.
-            for index in range(len(paths)):
-                hash_file(index)
-        for index in sorted(digests):
-            actual = digests[index].result()
-            if actual != pins[index]:
-                raise DigestMismatchError(paths[index], expected=pins[index], actual=actual)
+        _read_and_hash(chunks, reader, digests, remaining, num_threads, started, progress)
+        digests.verify(paths)
+        regions = reader.regions
     tensors = {
         info.name: _typed_view(region, header, info)
         for region, header in zip(regions, headers, strict=True)
@@ -236,7 +170,7 @@ def load_weights(
         seconds=time.perf_counter() - started,
         num_tensors=len(tensors),
         num_files=len(headers),
-        num_verified_files=len(digests),
+        num_verified_files=len(pins),
         mapped=mapped,
     )
     logger.info(
@@ -252,6 +186,104 @@ def load_weights(
         stats.num_verified_files,
     )
     return tensors, stats
+
+
+def _reader(
+    fds: Sequence[int],
+    paths: Sequence[Path],
+    headers: Sequence[SafetensorsHeader],
+    target: torch.device,
+    mapped: bool,
+    chunks: Sequence[ReadChunk],
+    num_threads: int,
+) -> Reader:
+    if mapped:
+        return MappedReader(fds, paths, headers)
+    if target.type == "cuda":
+        return CudaReader(
+            fds,
+            paths,
+            headers,
+            target,
+            num_buffers=min(2 * num_threads, len(chunks)),
+            buffer_bytes=max((chunk.length for chunk in chunks), default=0),
+        )
+    return HostReader(fds, paths, headers)
+
+
+def _read_and_hash(
+    chunks: Sequence[ReadChunk],
+    reader: Reader,
+    digests: _Digests,
+    remaining: list[int],
+    num_threads: int,
+    started: float,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Read every chunk; hash each file once its region is complete; report progress."""
+    total = sum(remaining)
+    done = 0
+    report = ProgressLog(total, started=started)
+
+    def chunk_done(chunk: ReadChunk) -> None:
+        nonlocal done
+        done += chunk.length
+        remaining[chunk.file_index] -= chunk.length
+        if reader.complete_on_read and remaining[chunk.file_index] == 0:
+            digests.start(chunk.file_index)
+        if progress is not None:
+            progress(done, total)
+        report.update(done)
+
+    try:
+        if reader.complete_on_read:
+            for index in (index for index, size in enumerate(remaining) if size == 0):
+                digests.start(index)
+        _read_all(chunks, reader.read, num_threads, chunk_done)
+    finally:
+        reader.finish()
+    if not reader.complete_on_read:
+        for index in range(len(remaining)):
+            digests.start(index)
+
+
+class _Digests:
+    """SHA-256 of the pinned files, each hashed in a worker as soon as its region is complete."""
+
+    def __init__(
+        self,
+        heads: Mapping[int, bytes],
+        pins: Mapping[int, str],
+        regions: Sequence[torch.Tensor],
+        piece_bytes: int,
+        num_threads: int,
+    ) -> None:
+        self._heads, self._pins, self._regions = heads, pins, regions
+        self._piece_bytes = piece_bytes
+        self._pool = (
+            ThreadPoolExecutor(min(num_threads, len(pins)), "loaders-hash") if pins else None
+        )
+        self._futures: dict[int, Future[str]] = {}
+
+    def __enter__(self) -> _Digests:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # On failure, hashes not yet started are dropped; on success none are left.
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def start(self, index: int) -> None:
+        if self._pool is not None and index in self._pins:
+            self._futures[index] = self._pool.submit(
+                sha256_of_loaded, self._heads[index], self._regions[index], self._piece_bytes
+            )
+
+    def verify(self, paths: Sequence[Path]) -> None:
+        for index in sorted(self._futures):
+            actual = self._futures[index].result()
+            if actual != self._pins[index]:
+                raise DigestMismatchError(paths[index], expected=self._pins[index], actual=actual)
 
 
 def _read_size(total_bytes: int, num_threads: int, chunk_bytes: int) -> int:
@@ -284,27 +316,6 @@ def _check_unique_names(headers: Sequence[SafetensorsHeader]) -> None:
                 )
 
 
-def _pread_into(fd: int, path: Path, view: memoryview, offset: int) -> None:
-    """Fill `view` from `offset`, looping over short reads."""
-    done = 0
-    while done < len(view):
-        try:
-            count = os.preadv(fd, [view[done:]], offset + done)
-        except OSError as err:
-            raise WeightsReadError(path, f"read failed: {err.strerror}") from err
-        if count == 0:
-            # The size was checked against the header; the file shrank while it was being read.
-            raise TruncatedFileError(
-                path, f"file ends at byte {offset + done}, before the data its header declares"
-            )
-        done += count
-
-
-def _pread_to_host(fd: int, path: Path, dest: torch.Tensor, offset: int) -> None:
-    """Read straight into a CPU tensor's memory: no staging, no copy."""
-    _pread_into(fd, path, dest.numpy().data, offset)
-
-
 def _read_all(
     chunks: Sequence[ReadChunk],
     read_chunk: Callable[[ReadChunk], None],
@@ -333,44 +344,3 @@ def _typed_view(region: torch.Tensor, header: SafetensorsHeader, info: TensorInf
         # view(dtype) needs a storage offset aligned to the item size: give it its own allocation.
         raw = raw.clone()
     return raw.view(dtype).reshape(info.shape)
-
-
-class _CudaStaging:
-    """Pinned host buffers that reader threads fill and copy to a device on a side stream."""
-
-    def __init__(self, device: torch.device, num_buffers: int, buffer_bytes: int) -> None:
-        # torch.cuda.Stream and Event have no annotations on __init__.
-        self._stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
-        # The regions were allocated on the current stream; copies on ours must come after that.
-        self._stream.wait_stream(torch.cuda.current_stream(device))
-        self._buffers = [
-            torch.empty(buffer_bytes, dtype=torch.uint8, pin_memory=True)
-            for _ in range(num_buffers)
-        ]
-        self._views = [buffer.numpy().data for buffer in self._buffers]
-        self._events: list[torch.cuda.Event | None] = [None] * num_buffers
-        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for index in range(num_buffers):
-            self._free.put(index)
-
-    def read(self, fd: int, path: Path, dest: torch.Tensor, offset: int) -> None:
-        """Read `dest.numel()` bytes at `offset` through a free staging buffer into `dest`."""
-        length = dest.numel()
-        index = self._free.get()
-        try:
-            pending = self._events[index]
-            if pending is not None:
-                # The previous copy out of this buffer may still be running.
-                pending.synchronize()
-            _pread_into(fd, path, self._views[index][:length], offset)
-            with torch.cuda.stream(self._stream):
-                dest.copy_(self._buffers[index][:length], non_blocking=True)
-                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-                event.record(self._stream)
-            self._events[index] = event
-        finally:
-            self._free.put(index)
-
-    def finish(self) -> None:
-        """Wait for every copy, so that the device tensors are complete."""
-        self._stream.synchronize()

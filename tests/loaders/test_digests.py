@@ -1,4 +1,6 @@
-"""Tests of SHA-256 pins: parsing, the digests a hub cache records, verification on load."""
+"""Tests of SHA-256 pins: the digests a hub cache records, verification on load.
+
+The grammar of SIDECAR_MODEL_SHA256 is the sidecar's (tests/sidecar/test_config.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ from loaders import (
     CorruptWeightsError,
     DigestMismatchError,
     load_weights,
-    parse_digest_pins,
     recorded_digests,
     resolve_source,
 )
@@ -209,60 +210,3 @@ def test_pin_matching_two_files_is_ambiguous(tmp_path: Path) -> None:
     second.rename(renamed)
     with pytest.raises(ValueError, match="matches 2 files"):
         load_weights([first, renamed], expected_sha256={"model.safetensors": _sha256(first)})
-
-
-_DIGEST_A = hashlib.sha256(b"a").hexdigest()
-_DIGEST_B = hashlib.sha256(b"b").hexdigest()
-_SHARDS = [Path("/m/model-00001-of-00002.safetensors"), Path("/m/model-00002-of-00002.safetensors")]
-
-
-def test_single_digest_pins_a_single_file_model() -> None:
-    files = [Path("/m/model.safetensors")]
-    assert parse_digest_pins(f"  {_DIGEST_A.upper()}\n", files) == {"model.safetensors": _DIGEST_A}
-
-
-def test_pairs_pin_every_shard() -> None:
-    value = (
-        f" model-00002-of-00002.safetensors = {_DIGEST_B} ,"
-        f"model-00001-of-00002.safetensors={_DIGEST_A.upper()}"
-    )
-    assert parse_digest_pins(value, _SHARDS) == {
-        "model-00001-of-00002.safetensors": _DIGEST_A,
-        "model-00002-of-00002.safetensors": _DIGEST_B,
-    }
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("", "no digest given"),
-        ("   ", "no digest given"),
-        (_DIGEST_A, "single digest pins a single-file model, but this model has 2"),
-        (f"model-00001-of-00002.safetensors={_DIGEST_A}", "no digest for model-00002"),
-        (
-            f"model-00001-of-00002.safetensors={_DIGEST_A},"
-            f"model-00001-of-00002.safetensors={_DIGEST_A}",
-            "pinned twice",
-        ),
-        (f"model.safetensors={_DIGEST_A}", "'model.safetensors' is not a weight file"),
-        (f"={_DIGEST_A}", "is not name=digest"),
-        (f"model-00001-of-00002.safetensors={_DIGEST_A},", "'' is not name=digest"),
-        (f"model-00001-of-00002.safetensors={_DIGEST_A};x", "not a sha256 digest"),
-        ("model-00001-of-00002.safetensors=" + "f" * 63, "not a sha256 digest"),
-        ("model-00001-of-00002.safetensors=sha256:" + _DIGEST_A, "not a sha256 digest"),
-    ],
-)
-def test_malformed_pins_are_rejected(value: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        parse_digest_pins(value, _SHARDS)
-
-
-def test_malformed_single_digest_is_rejected() -> None:
-    with pytest.raises(ValueError, match=r"'xyz' is not a sha256 digest \(64 hex characters\)"):
-        parse_digest_pins("xyz", [Path("/m/model.safetensors")])
-
-
-def test_long_garbage_is_shortened_in_the_message() -> None:
-    with pytest.raises(ValueError, match=r"\.\.\.' is not a sha256 digest") as caught:
-        parse_digest_pins("z" * 500, [Path("/m/model.safetensors")])
-    assert len(str(caught.value)) < 150

@@ -26,7 +26,7 @@ from loaders import (
     plan_chunks,
     read_header,
 )
-from loaders.stream import _pread_into
+from loaders.readers import pread_into
 
 # safetensors' torch loader knows every dtype we do but F8_E8M0, which is checked on its own.
 _ORACLE_DTYPES = sorted(code for code in DTYPES if code != "F8_E8M0")
@@ -262,7 +262,7 @@ def test_read_past_the_end_of_file_is_truncated(tmp_path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(TruncatedFileError, match=r"short\.bin"):
-            _pread_into(fd, path, memoryview(target), 4)
+            pread_into(fd, path, memoryview(target), 4)
     finally:
         os.close(fd)
     assert target[:6] == b"456789"
