@@ -1,8 +1,8 @@
 """The dynamic batcher: one queue, one forming task, one device thread, one future per item.
 
-Callers `submit` items with a cost (token length) and a deadline; the batcher groups them into
-batches, runs `prepare` (collation) on a preparation thread and `run` (the forward pass) on the
-device thread, and hands each item's result or error back to its caller.
+Callers `submit` items with a cost (token length) and a deadline; the batcher groups them, runs
+`prepare` (collation) and `run` (the forward pass) on the device thread (collating the next batch
+on a preparation thread while one runs), and hands each item's result or error back.
 
 When a batch closes:
 - at once when the queued items fill it: `max_size` items, or `max_tokens` padded tokens
@@ -26,11 +26,11 @@ first, with at most `max_padding` of it padding.
 Items whose deadline passed or whose caller went away are dropped and never reach `run`.
 
 Failures: if `run` raises, the batch is split in halves and each retried, down to single items,
-so only the failing item's caller gets the error; the failed pass's frames are cleared first, so
-its tensors are freed before any retry. Out of memory (`is_oom`) also halves the token budget for
-`oom_cooldown_s` and runs `after_oom` on the device thread before the halves. A fatal error
-(`is_fatal`: the device is unusable) is never retried: the batch, the queue and every later
-submission fail at once with DeviceFailedError. Results are set only on futures not already done.
+so only the failing item's caller gets the error (the failed pass's frames cleared first). Out
+of memory (`is_oom`) also halves the token budget for `oom_cooldown_s` and runs `after_oom` on
+the device thread before the halves. A fatal error (`is_fatal`: the device is unusable) is never
+retried: the batch, the queue and every later submission fail at once with DeviceFailedError.
+Results are set only on futures not already done.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         is_fatal: tells whether an exception from `run` leaves the device unusable (a CUDA error
             that poisons the context): everything then fails at once with DeviceFailedError.
         run_executor: the single thread that owns the device (one is created when omitted).
+        prepare_executor: the thread collating a batch while another runs (created if omitted).
         clock: monotonic seconds.
     """
 
@@ -105,6 +106,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         after_oom: Callable[[], None] | None = None,
         is_fatal: Callable[[BaseException], bool] | None = None,
         run_executor: Executor | None = None,
+        prepare_executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._prepare = prepare
@@ -120,7 +122,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             is_fatal=is_fatal,
             clock=clock,
         )
-        self._prepare_executor = ThreadPoolExecutor(1, thread_name_prefix="batch-prepare")
+        self._owns_prepare = prepare_executor is None
+        self._prepare_executor = prepare_executor or ThreadPoolExecutor(1, "batch-prepare")
         self._clock = clock
         self._queue: ItemQueue[ItemT, ResultT] = ItemQueue()
         self._seq = itertools.count()
@@ -254,7 +257,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         await asyncio.gather(*tasks, return_exceptions=True)
         self._former = None
         fail(self._queue.clear(), lambda: BatcherClosedError("the batcher stopped"))
-        self._prepare_executor.shutdown(wait=False, cancel_futures=True)
+        if self._owns_prepare:
+            self._prepare_executor.shutdown(wait=False, cancel_futures=True)
         self._device.shutdown()
 
     # -- forming ---------------------------------------------------------------------------
