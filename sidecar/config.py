@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -12,16 +12,100 @@ from sidecar.errors import ConfigError
 
 T = TypeVar("T")
 
-TASKS = ("embed", "classify")
+# The tasks the contract names (DESIGN section 11). Which of them a snapshot can serve is its
+# model family's business: asking for one it cannot serve stops start-up (exit code 1).
+TASKS = ("embed", "classify", "rerank", "generate", "tensor")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
 LOAD_MODES = ("auto", "mmap", "read")
-_SHA256 = r"[0-9a-fA-F]{64}"
-_PINS = re.compile(rf"^(recorded|{_SHA256}|[^=,\s]+={_SHA256}(,[^=,\s]+={_SHA256})*)$")
+# Names in URLs and responses: SIDECAR_MODEL_NAME must match; names derived from a source are
+# made to match (`served_name_from`).
+SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class DigestPins:
+    """SIDECAR_MODEL_SHA256: weight-file digests to verify before serving.
+
+    `recorded` (the digests a Hugging Face cache snapshot records), one digest for a single-file
+    model, or one digest per weight file name; digests are sha256 hex, in either case.
+    """
+
+    text: str
+    recorded: bool = False
+    digest: str | None = None
+    by_name: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, value: str) -> DigestPins:
+        """Parse the setting's text.
+
+        Raises:
+            ValueError: saying what is wrong.
+        """
+        text = value.strip()
+        if not text:
+            raise ValueError("no digest given: expected a sha256 digest or name=digest pairs")
+        if text == "recorded":
+            return cls(text, recorded=True)
+        if "=" not in text:
+            return cls(text, digest=_digest(text))
+        pins: dict[str, str] = {}
+        for item in text.split(","):
+            name, equals, digest = (part.strip() for part in item.partition("="))
+            if not equals or not name:
+                raise ValueError(f"{item.strip()!r} is not name=digest")
+            if name in pins:
+                raise ValueError(f"{name!r} is pinned twice")
+            pins[name] = _digest(digest)
+        return cls(text, by_name=tuple(pins.items()))
+
+    def for_files(self, names: Sequence[str]) -> dict[str, str]:
+        """`{file name: lowercase digest}` for a model's weight files (not for `recorded`).
+
+        Every file must be pinned, so that a pin cannot silently leave a shard unchecked.
+
+        Raises:
+            ValueError: the pins do not cover exactly these files.
+        """
+        if self.digest is not None:
+            if len(names) != 1:
+                raise ValueError(
+                    f"a single digest pins a single-file model, but this model has {len(names)}"
+                    f" weight files ({', '.join(names) or 'none'}): give name=digest,name=digest"
+                )
+            return {names[0]: self.digest}
+        pins = dict(self.by_name)
+        for name in pins:
+            if name not in names:
+                raise ValueError(
+                    f"{name!r} is not a weight file of this model (its files: {', '.join(names)})"
+                )
+        unpinned = [name for name in names if name not in pins]
+        if unpinned:
+            raise ValueError(
+                f"no digest for {', '.join(unpinned)}: every weight file must be pinned"
+            )
+        return pins
+
+
+def _digest(text: str) -> str:
+    digest = text.strip().lower()
+    if not _SHA256_HEX.fullmatch(digest):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise ValueError(f"{shown!r} is not a sha256 digest (64 hex characters)")
+    return digest
+
+
+def served_name_from(name: str) -> str:
+    """A served name made from a source's name: other characters become '-'; 'model' if none."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip("._-").rstrip("-.")[:128]
+    return cleaned if SERVED_NAME.fullmatch(cleaned) else "model"
 
 
 @dataclass(frozen=True)
@@ -39,7 +123,7 @@ class Settings:
     batch_max_size: int = 32
     batch_max_tokens: int = 16384
     batch_adaptive: bool = True
-    batch_max_padding: float | None = None  # None: by device (see engine.CPU_MAX_PADDING)
+    batch_max_padding: float | None = None  # None: by device (see serving.engine.CPU_MAX_PADDING)
     queue_max: int = 512
     request_timeout_ms: int = 30000
     max_input_tokens: int | None = None
@@ -55,9 +139,10 @@ class Settings:
     load_threads: int = 8
     load_chunk_mb: int = 16
     load_mode: str = "auto"
-    model_sha256: str | None = None
+    model_sha256: DigestPins | None = None
     warmup: bool = True
     drain_timeout_s: float = 30.0
+    forward_timeout_s: float = 120.0  # 0: no watchdog
     log_level: str = "info"
     log_format: str = "json"
     # Read from the Hugging Face variables, not SIDECAR_*.
@@ -104,6 +189,7 @@ class Settings:
             model_sha256=env.get("SIDECAR_MODEL_SHA256", _digest_pins, None),
             warmup=env.get("SIDECAR_WARMUP", _bool, True),
             drain_timeout_s=env.get("SIDECAR_DRAIN_TIMEOUT_S", _float_in(0.0, 3600.0), 30.0),
+            forward_timeout_s=env.get("SIDECAR_FORWARD_TIMEOUT_S", _float_in(0.0, 86400.0), 120.0),
             log_level=env.get("SIDECAR_LOG_LEVEL", _choice(LOG_LEVELS), "info"),
             log_format=env.get("SIDECAR_LOG_FORMAT", _choice(LOG_FORMATS), "json"),
             hf_home=env.get("HF_HOME", _nonempty, None),
@@ -147,6 +233,7 @@ class Settings:
         values = dataclasses.asdict(self)
         values["hf_token"] = "<redacted>" if self.hf_token else None
         values["uds_mode"] = oct(self.uds_mode)
+        values["model_sha256"] = self.model_sha256.text if self.model_sha256 else None
         return values
 
 
@@ -169,7 +256,7 @@ def _nonempty(raw: str) -> str:
 
 
 def _served_name(raw: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", raw):
+    if not SERVED_NAME.fullmatch(raw):
         raise ValueError("letters, digits, '.', '_' and '-', starting with a letter or digit")
     return raw
 
@@ -229,12 +316,13 @@ def _octal_mode(raw: str) -> int:
     return int(raw.replace("o", ""), 8)
 
 
-def _digest_pins(raw: str) -> str:
-    if not _PINS.match(raw):
+def _digest_pins(raw: str) -> DigestPins:
+    try:
+        return DigestPins.parse(raw)
+    except ValueError as exc:
         raise ValueError(
-            "'recorded', one sha256 hex digest, or name=digest pairs separated by commas"
-        )
-    return raw
+            f"'recorded', one sha256 hex digest, or name=digest pairs separated by commas ({exc})"
+        ) from None
 
 
 def _socket_path(raw: str) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,6 +18,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from batching import BatchObserver, BatchStats
+
+if TYPE_CHECKING:
+    from sidecar.serving import ServedModel, Service
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +37,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class Metrics(BatchObserver):
     """Every metric of DESIGN section 7, registered in a registry of its own."""
+
+    content_type = CONTENT_TYPE
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -85,13 +92,23 @@ class Metrics(BatchObserver):
         )
         self.ready = Gauge("sidecar_ready", "1 when the model serves requests.", registry=r)
 
-    def track_queue_depth(self, depth: Callable[[], int]) -> None:
-        """Read the queue depth at scrape time."""
-        self.queue_depth.set_function(lambda: float(depth()))
+    def watch(self, service: Service) -> None:
+        """Read readiness, queue depth and weight bytes loaded so far at scrape time."""
+        self.ready.set_function(lambda: float(service.ready))
+        self.queue_depth.set_function(
+            lambda: float(service.served.engine.batcher.queue_depth) if service.served else 0.0
+        )
+        self.model_load_bytes.set_function(lambda: float(service.loaded_bytes))
 
-    def add_gpu_collector(self, collector: Collector) -> None:
-        """Register the GPU gauges (only when a GPU is present)."""
-        self.registry.register(collector)
+    def on_loaded(self, served: ServedModel) -> None:
+        """Label the served model, record its load time, add the GPU gauges on a GPU."""
+        card = served.engine.card
+        self.model_info.labels(served.name, served.version, card.device, card.dtype).set(1)
+        self.model_load_seconds.set(served.report.weights_s)
+        if card.device.startswith("cuda"):
+            gpu = GpuCollector.open(card.device.partition(":")[2] or "0", card.device_uuid)
+            if gpu is not None:
+                self.registry.register(gpu)
 
     def on_batch(self, stats: BatchStats) -> None:
         self.batch_size.observe(stats.size)
@@ -115,32 +132,93 @@ class Metrics(BatchObserver):
         return generate_latest(self.registry)
 
 
+# GPU gauges read through NVML at scrape time. The device is looked up by its CUDA UUID, so the
+# gauges describe the GPU the model runs on even when CUDA_VISIBLE_DEVICES renumbers devices (NVML
+# numbers every GPU of the host). NVML may be missing altogether (a container without the
+# `utility` driver capability) and a reading may be unsupported (utilisation and power on a MIG
+# instance): the gauges NVML can give are exported, the others left out, each failure logged once,
+# never at every scrape, and never fatal.
+_READINGS: tuple[tuple[str, str, Callable[[Any, Any], float]], ...] = (
+    (
+        "sidecar_gpu_utilization_ratio",
+        "GPU busy share over the last sample.",
+        lambda nvml, handle: nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0,
+    ),
+    (
+        "sidecar_gpu_memory_used_bytes",
+        "GPU memory in use.",
+        lambda nvml, handle: float(nvml.nvmlDeviceGetMemoryInfo(handle).used),
+    ),
+    (
+        "sidecar_gpu_memory_total_bytes",
+        "GPU memory in all.",
+        lambda nvml, handle: float(nvml.nvmlDeviceGetMemoryInfo(handle).total),
+    ),
+    (
+        "sidecar_gpu_power_watts",
+        "GPU power draw.",
+        lambda nvml, handle: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
+    ),
+)
+
+
 class GpuCollector(Collector):
-    """GPU gauges read through NVML at scrape time."""
+    """The GPU gauges of one device; build it with `open`."""
 
-    def __init__(self, index: int) -> None:
-        import pynvml
+    def __init__(self, nvml: Any, handle: Any, label: str) -> None:
+        self._nvml = nvml
+        self._handle = handle
+        self._label = label
+        self._failed: set[str] = set()
 
-        pynvml.nvmlInit()
-        self._nvml = pynvml
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        self._index = str(index)
+    @classmethod
+    def open(cls, label: str, uuid: str | None, nvml: Any = None) -> GpuCollector | None:
+        """The gauges of the GPU with CUDA `uuid` (else NVML index `label`); None without NVML.
+
+        Args:
+            label: the `gpu` label value: the CUDA index the model runs on.
+            uuid: the CUDA device UUID, as torch gives it (with or without `GPU-`/`MIG-`).
+            nvml: the NVML binding; `pynvml` unless given.
+        """
+        try:
+            nvml = nvml or importlib.import_module("pynvml")
+            nvml.nvmlInit()
+            handle = _handle(nvml, label, uuid)
+        except Exception as exc:  # ImportError or any NVMLError: no gauges, no crash
+            logger.warning(
+                "GPU gauges are off: NVML is unavailable (%s); the container needs the "
+                "'utility' driver capability (NVIDIA_DRIVER_CAPABILITIES=compute,utility)",
+                exc,
+            )
+            return None
+        return cls(nvml, handle, label)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        nvml, handle = self._nvml, self._handle
-        try:
-            utilization = nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0
-            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            power_w = nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
-        except nvml.NVMLError as exc:
-            logger.warning("NVML read failed: %s", exc)
-            return
-        for name, doc, value in (
-            ("sidecar_gpu_utilization_ratio", "GPU busy share over the last sample.", utilization),
-            ("sidecar_gpu_memory_used_bytes", "GPU memory in use.", float(memory.used)),
-            ("sidecar_gpu_memory_total_bytes", "GPU memory in all.", float(memory.total)),
-            ("sidecar_gpu_power_watts", "GPU power draw.", power_w),
-        ):
+        for name, doc, read in _READINGS:
+            try:
+                value = read(self._nvml, self._handle)
+            except self._nvml.NVMLError as exc:
+                if name not in self._failed:
+                    self._failed.add(name)
+                    unsupported = getattr(exc, "value", None) == self._nvml.NVML_ERROR_NOT_SUPPORTED
+                    logger.log(
+                        logging.INFO if unsupported else logging.WARNING,
+                        "%s is not exported: NVML cannot read it (%s)",
+                        name,
+                        exc,
+                    )
+                continue
             family = GaugeMetricFamily(name, doc, labels=["gpu"])
-            family.add_metric([self._index], value)
+            family.add_metric([self._label], value)
             yield family
+
+
+def _handle(nvml: Any, label: str, uuid: str | None) -> Any:
+    if uuid is None:
+        return nvml.nvmlDeviceGetHandleByIndex(int(label))
+    if uuid.startswith(("GPU-", "MIG-")):
+        return nvml.nvmlDeviceGetHandleByUUID(uuid)
+    try:
+        return nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+    except nvml.NVMLError:
+        return nvml.nvmlDeviceGetHandleByUUID(f"MIG-{uuid}")

@@ -7,7 +7,9 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -15,17 +17,26 @@ from aiohttp import web
 from sidecar.app import build_api_app, build_health_app
 from sidecar.config import Settings
 from sidecar.errors import StartupError
-from sidecar.runtime import Phase, Runtime
+from sidecar.metrics import Metrics
+from sidecar.serving import Phase, Service
 from sidecar.timeline import Timeline
 
 logger = logging.getLogger(__name__)
 
 
 class Server:
-    """The listeners and the runtime behind them.
+    """The listeners, the service behind them, and its metrics.
 
     One runner serves the inference API on loopback TCP and the Unix socket; a second serves
     health and metrics on the health port.
+
+    Args:
+        settings: the process's settings.
+        auth_token: the bearer token inference routes require, if any.
+        timeline: start-up marks, from process start.
+        sockets: listening TCP sockets already bound, by listener (`tcp`, `health`), served
+            instead of binding `SIDECAR_PORT` / `SIDECAR_HEALTH_PORT`: tests bind port 0 and pass
+            the socket, so that no other process can take the port in between.
     """
 
     def __init__(
@@ -34,10 +45,15 @@ class Server:
         *,
         auth_token: str | None = None,
         timeline: Timeline | None = None,
+        sockets: Mapping[str, socket.socket] | None = None,
     ) -> None:
         self.settings = settings
         self.timeline = timeline or Timeline()
-        self.runtime = Runtime(settings, auth_token=auth_token, timeline=self.timeline)
+        self.metrics = Metrics()
+        self.service = Service(settings, observer=self.metrics)
+        self.metrics.watch(self.service)
+        self._auth_token = auth_token
+        self._sockets = dict(sockets or {})
         self._runners: list[web.AppRunner] = []
         self._bound_socket: Path | None = None
         self.addresses: dict[str, object] = {}
@@ -45,9 +61,10 @@ class Server:
     async def start(self) -> None:
         """Bind every listener; readiness stays off until `load` finishes."""
         settings = self.settings
-        api = await self._runner(build_api_app(self.runtime), shutdown_timeout_s=5.0)
+        api_app = build_api_app(self.service, self.metrics, self.timeline, self._auth_token)
+        api = await self._runner(api_app, shutdown_timeout_s=5.0)
         if settings.port:
-            self.addresses["tcp"] = await _tcp_site(api, settings.host, settings.port)
+            self.addresses["tcp"] = await self._tcp_site("tcp", api, settings.host, settings.port)
         if settings.uds:
             _replace_stale_socket(Path(settings.uds))
             await web.UnixSite(api, settings.uds).start()
@@ -55,12 +72,28 @@ class Server:
             os.chmod(settings.uds, settings.uds_mode)
             self.addresses["uds"] = settings.uds
         if settings.health_port:
-            health = await self._runner(build_health_app(self.runtime), shutdown_timeout_s=1.0)
-            self.addresses["health"] = await _tcp_site(
-                health, settings.health_host, settings.health_port
+            health_app = build_health_app(self.service, self.metrics, self.timeline)
+            health = await self._runner(health_app, shutdown_timeout_s=1.0)
+            self.addresses["health"] = await self._tcp_site(
+                "health", health, settings.health_host, settings.health_port
             )
         self.timeline.mark("bind")
         logger.info("listening: %s", self.addresses)
+
+    async def _tcp_site(
+        self, listener: str, runner: web.AppRunner, host: str, port: int
+    ) -> tuple[str, int]:
+        given = self._sockets.get(listener)
+        site: web.BaseSite = (
+            web.SockSite(runner, given)
+            if given is not None
+            else web.TCPSite(runner, host, port, reuse_address=True)
+        )
+        await site.start()
+        server = site._server
+        assert server is not None and isinstance(server, asyncio.Server)
+        bound_host, bound_port = server.sockets[0].getsockname()[:2]
+        return str(bound_host), int(bound_port)
 
     async def _runner(self, app: web.Application, *, shutdown_timeout_s: float) -> web.AppRunner:
         # handler_cancellation: a client that disconnects cancels its handler, so its queued
@@ -77,11 +110,15 @@ class Server:
 
     async def load(self) -> None:
         """Load and warm the model; readiness turns on when it is done."""
-        await self.runtime.load()
+        loaded = await self.service.load()
+        self.timeline.mark("load")
+        served = await self.service.start(loaded)
+        self.metrics.on_loaded(served)
+        self.timeline.mark("ready")
 
     async def stop(self) -> bool:
         """Drain accepted work, close the listeners, remove the socket; False on drain timeout."""
-        drained = await self.runtime.drain()
+        drained = await self.service.drain()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
@@ -115,7 +152,7 @@ async def serve(
     code = 0
     failure = loading.exception() if loading.done() else None
     if failure is not None:
-        server.runtime.phase = Phase.FAILED
+        server.service.phase = Phase.FAILED
         if isinstance(failure, StartupError):
             logger.error("start-up failed: %s", failure)
         else:
@@ -133,15 +170,6 @@ async def serve(
     await server.stop()
     logger.info("stopped")
     return code
-
-
-async def _tcp_site(runner: web.AppRunner, host: str, port: int) -> tuple[str, int]:
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    server = site._server
-    assert server is not None and isinstance(server, asyncio.Server)
-    bound_host, bound_port = server.sockets[0].getsockname()[:2]
-    return str(bound_host), int(bound_port)
 
 
 def _replace_stale_socket(path: Path) -> None:

@@ -114,6 +114,31 @@ def make_bert_snapshot(
     return directory
 
 
+def make_cross_encoder_snapshot(
+    directory: Path,
+    *,
+    activation: str = "torch.nn.modules.activation.Sigmoid",
+    legacy: bool = False,
+    seed: int = 0,
+) -> Path:
+    """A one-label BERT classifier saved as sentence-transformers saves a CrossEncoder.
+
+    Version 6 names the model type and activation in config_sentence_transformers.json; before
+    version 4 (`legacy`) the activation sat in config.json as sbert_ce_default_activation_function.
+    """
+    make_bert_snapshot(directory, task="classify", num_labels=1, seed=seed)
+    if legacy:
+        config = json.loads((directory / "config.json").read_text())
+        config["sbert_ce_default_activation_function"] = activation
+        _write_json(directory / "config.json", config)
+    else:
+        _write_json(
+            directory / "config_sentence_transformers.json",
+            {"model_type": "CrossEncoder", "activation_fn": activation, "prompts": {}},
+        )
+    return directory
+
+
 def _random_tensors(
     config: dict[str, Any], *, task: str, num_labels: int, seed: int
 ) -> dict[str, torch.Tensor]:

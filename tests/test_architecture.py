@@ -22,8 +22,29 @@ def sources(*packages: str) -> list[Path]:
     [
         ("batching", ["torch", "numpy", "aiohttp", "sidecar", "loaders", "prometheus_client"]),
         ("loaders", ["aiohttp", "sidecar", "batching", "prometheus_client"]),
-        ("sidecar.models", ["aiohttp", "batching", "transformers", "sentence_transformers"]),
-        ("sidecar.config", ["torch"]),
+        # The interface alone: what the protocols and the serving layer name.
+        ("sidecar.models", ["torch", "tokenizers", "aiohttp", "batching", "sidecar.api"]),
+        # The families: torch and tokenizers, never the web or the rest of the sidecar.
+        (
+            "sidecar.models.families",
+            [
+                "aiohttp",
+                "batching",
+                "prometheus_client",
+                "transformers",
+                "sentence_transformers",
+                "sidecar.api",
+                "sidecar.serving",
+                "sidecar.config",
+                "sidecar.errors",
+            ],
+        ),
+        # Protocols translate wire formats: no model machinery, no serving internals.
+        ("sidecar.api", ["torch", "tokenizers", "loaders", "batching", "sidecar.serving"]),
+        ("sidecar.serving", ["aiohttp", "sidecar.api", "sidecar.app", "prometheus_client"]),
+        # Settings and errors are read by every layer: they pull in nothing heavy.
+        ("sidecar.config", ["torch", "aiohttp", "batching"]),
+        ("sidecar.errors", ["torch", "aiohttp", "batching"]),
     ],
 )
 def test_import_boundaries(module: str, forbidden: list[str]) -> None:

@@ -1,13 +1,54 @@
-"""Model families and the text model the serving engine drives.
+"""Model families behind one interface (DESIGN section 11).
 
-Imports torch, numpy, tokenizers and `loaders` only: never transformers, sentence-transformers,
-aiohttp or the environment.
+This package's own names, the interface and its errors, import neither torch nor a tokenizer,
+so that the serving layer and the protocols can use them cheaply. The families and the registry
+that builds them import torch; import them by module:
+
+    from sidecar.models.families import FAMILIES, load_model   # snapshot + weights -> Model
+    from sidecar.models.text_model import TextModel            # BERT-family embed / classify
+    from sidecar.models.cross_encoder import CrossEncoder      # BERT-family rerank
+
+Models import torch, numpy, tokenizers and `loaders` only: never transformers,
+sentence-transformers, aiohttp, the environment or the rest of the sidecar.
 """
 
 from __future__ import annotations
 
-from sidecar.models.bert import BertConfig
-from sidecar.models.errors import ModelLoadError
-from sidecar.models.text_model import Batch, TextModel, load_text_model
+from sidecar.models.errors import InputError, InputTooLongError, ModelLoadError, WrongInputsError
+from sidecar.models.interface import (
+    Classification,
+    Classifications,
+    Embeddings,
+    Family,
+    Inputs,
+    LoadOptions,
+    Model,
+    ModelCard,
+    PairInputs,
+    Prepared,
+    Result,
+    Scores,
+    TextInputs,
+    run_inline,
+)
 
-__all__ = ["Batch", "BertConfig", "ModelLoadError", "TextModel", "load_text_model"]
+__all__ = [
+    "Classification",
+    "Classifications",
+    "Embeddings",
+    "Family",
+    "InputError",
+    "InputTooLongError",
+    "Inputs",
+    "LoadOptions",
+    "Model",
+    "ModelCard",
+    "ModelLoadError",
+    "PairInputs",
+    "Prepared",
+    "Result",
+    "Scores",
+    "TextInputs",
+    "WrongInputsError",
+    "run_inline",
+]

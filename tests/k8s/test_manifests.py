@@ -17,6 +17,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from aiohttp import web
 
 from sidecar.config import Settings
 
@@ -56,17 +57,10 @@ def read_env_names() -> set[str]:
 
 
 def health_routes() -> set[str]:
-    """The paths sidecar/app.py serves on the health port (`_add_health_routes`)."""
-    build = function_node(REPO / "sidecar" / "app.py", "_add_health_routes")
-    return {
-        node.args[0].value
-        for node in ast.walk(build)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "get"
-        and node.args
-        and isinstance(node.args[0], ast.Constant)
-    }
+    """The paths the health port serves (sidecar/api/health.py)."""
+    from sidecar.api import health
+
+    return {route.path for route in health.routes() if isinstance(route, web.RouteDef)}
 
 
 def exported_metrics() -> set[str]:

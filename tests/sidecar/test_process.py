@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,6 +39,7 @@ def base_env(socket_dir: str, **extra: str) -> dict[str, str]:
         SIDECAR_HEALTH_PORT=str(unused_port()),
         SIDECAR_UDS=f"{socket_dir}/sidecar.sock",
         SIDECAR_LOG_FORMAT="json",
+        SIDECAR_DEVICE="cpu",  # as the in-process fixtures: CPU behaviour, on any host
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
@@ -54,15 +56,37 @@ def processes() -> Iterator[list[Process]]:
 
 
 async def spawn(env: dict[str, str], log: Path, started: list[Process]) -> Process:
-    with log.open("wb") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sidecar", "serve", env=env, cwd=ROOT, stdout=sink, stderr=sink
+    """Start the process; once it has bound its listeners (or exited), return it.
+
+    Its ports were free when `base_env` chose them, but another process may take one before the
+    child binds it: then the child exits saying so, and it is started again on new ports.
+    """
+    for _ in range(3):
+        with log.open("wb") as sink:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "sidecar",
+                "serve",
+                env=env,
+                cwd=ROOT,
+                stdout=sink,
+                stderr=sink,
+            )
+        process = Process(
+            proc, int(env["SIDECAR_PORT"]), int(env["SIDECAR_HEALTH_PORT"]), env["SIDECAR_UDS"], log
         )
-    process = Process(
-        proc, int(env["SIDECAR_PORT"]), int(env["SIDECAR_HEALTH_PORT"]), env["SIDECAR_UDS"], log
-    )
-    started.append(process)
-    return process
+        started.append(process)
+        deadline = time.monotonic() + 60
+        while proc.returncode is None and "listening:" not in log.read_text():
+            if time.monotonic() > deadline:
+                raise AssertionError("the process never bound its listeners:\n" + log.read_text())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.05)
+        if proc.returncode is None or "Address already in use" not in log.read_text():
+            return process
+        env = env | {"SIDECAR_PORT": str(unused_port()), "SIDECAR_HEALTH_PORT": str(unused_port())}
+    raise AssertionError("no free ports after three tries")
 
 
 async def wait_ready(process: Process, timeout_s: float = 120.0) -> None:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.sidecar.conftest import Running, StartServer
+from sidecar.models import ModelCard, Prepared
+from sidecar.models.device import is_fatal_device_error
+from sidecar.serving.loading import Loaded, LoadReport
+from tests.sidecar.conftest import Running, StartServer, queued
 
 
 async def assert_still_serves(s: Running) -> None:
@@ -110,7 +115,7 @@ async def test_429_queue_full_with_retry_after(start_server: StartServer, tiny_e
         SIDECAR_BATCH_ADAPTIVE="false",
     )
     held = asyncio.create_task(s.tcp.post("/v1/predict", json={"inputs": ["a", "b", "c"]}))
-    await asyncio.sleep(0.1)
+    await queued(s, 3)
     async with s.uds.post("/v1/predict", json={"inputs": ["d", "e"]}) as r:
         assert r.status == 429
         assert int(r.headers["Retry-After"]) >= 1
@@ -218,7 +223,7 @@ async def test_disconnected_client_items_never_reach_the_model(
     async with s.health.get("/metrics") as r:
         before = samples(await r.text())
     gone = asyncio.create_task(s.tcp.post("/v1/predict", json={"inputs": ["a", "b", "c"]}))
-    await asyncio.sleep(0.1)  # queued, waiting out the window
+    await queued(s, 3)  # waiting out the window
     gone.cancel()  # the client goes away: aiohttp closes the connection
     with pytest.raises(asyncio.CancelledError):
         await gone
@@ -233,16 +238,84 @@ async def test_disconnected_client_items_never_reach_the_model(
     await assert_still_serves(s)
 
 
+class PoisonedCudaDevice:
+    """A model whose device fails as a poisoned CUDA context does: every forward pass raises
+    CUDA's illegal-address error. This CPU-only machine has no GPU to fail; the rest of the
+    path (the torch families' own classifier, the batcher, the service, the routes) is real."""
+
+    card = ModelCard(
+        task="embed", architecture="poisoned", device="cuda:0", dtype="float32",
+        max_input_tokens=16, embedding_dim=2,
+    )  # fmt: skip
+
+    def prepare(self, inputs: Any) -> Prepared[int]:
+        return Prepared([1] * len(inputs.texts), [1] * len(inputs.texts))
+
+    def collate(self, items: Any) -> list[int]:
+        return list(items)
+
+    def forward(self, batch: Any) -> list[int]:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def finish(self, outputs: Any, inputs: Any) -> Any:
+        raise AssertionError("nothing finishes on a poisoned device")
+
+    def warmup(self, max_batch: int, max_tokens: int) -> list[tuple[int, float]]:
+        return []
+
+    def is_oom(self, exc: BaseException) -> bool:
+        return False
+
+    def is_fatal(self, exc: BaseException) -> bool:
+        return is_fatal_device_error(exc)
+
+    def release_memory(self) -> None:
+        pass
+
+
 async def test_livez_fails_after_a_fatal_device_error(
     start_server: StartServer, tiny_embed_dir
 ) -> None:
-    from sidecar.engine import is_fatal_device_error
-
-    s = await start_server(tiny_embed_dir)
+    s = await start_server(tiny_embed_dir, load=False)
+    report = LoadReport("poisoned", None, 0, 0, 0, False, 0, 0.0, 0.0, 0.0, 0.0)
+    await s.service.start(Loaded(PoisonedCudaDevice(), "poisoned", None, report, []))
     async with s.health.get("/livez") as r:
         assert r.status == 200
     assert is_fatal_device_error(RuntimeError("CUDA error: an illegal memory access"))
     assert not is_fatal_device_error(RuntimeError("shape mismatch"))
-    s.runtime.engine.fatal = RuntimeError("CUDA error: an illegal memory access")
+    async with s.tcp.post("/v1/predict", json={"inputs": ["a", "b"]}) as r:
+        assert r.status == 503
+        assert (await error_of(r))["code"] == "device_failed"
     async with s.health.get("/livez") as r:
         assert r.status == 503
+        assert (await r.json())["reason"] == "fatal device error (RuntimeError)"
+    async with s.health.get("/readyz") as r:
+        assert r.status == 503
+    async with s.uds.post("/v1/predict", json={"inputs": ["c"]}) as r:
+        assert r.status == 503  # at once: nothing runs on a dead device
+
+
+async def test_livez_fails_while_a_forward_pass_overruns_the_watchdog(
+    start_server: StartServer,
+) -> None:
+    # The demo model on 64 long inputs: passes of about a second on this CPU.
+    s = await start_server(None, SIDECAR_FORWARD_TIMEOUT_S="0.2", SIDECAR_BATCH_ADAPTIVE="false")
+    long_text = " ".join(["serving"] * 250)
+    busy = asyncio.create_task(
+        s.tcp.post(
+            "/v1/predict", json={"inputs": [long_text] * 64}, timeout=aiohttp.ClientTimeout(60)
+        )
+    )
+    reasons = []
+    while not busy.done():
+        async with s.health.get("/livez") as r:
+            if r.status == 503:
+                reasons.append((await r.json())["reason"])
+        await asyncio.sleep(0.05)
+    response = await busy
+    assert response.status == 200
+    response.release()
+    assert reasons and reasons[0].startswith("a forward pass has run for")
+    assert "limit 0.2 s" in reasons[0]
+    async with s.health.get("/livez") as r:
+        assert r.status == 200  # the pass ended: alive again

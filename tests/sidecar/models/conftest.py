@@ -11,9 +11,12 @@ import pytest
 import torch
 
 import loaders
-from sidecar.models import TextModel, load_text_model
+from sidecar.models import LoadOptions, Model
+from sidecar.models.families import load_model
+from sidecar.models.text_model import TextModel
 
-Loader = Callable[..., TextModel]
+Loader = Callable[..., Any]
+CPU = torch.device("cpu")
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -29,13 +32,19 @@ def demo_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def load() -> Loader:
-    """load(directory, **kwargs): a TextModel on CPU in fp32 unless kwargs say otherwise."""
+    """load(directory, **options): the snapshot's model, on CPU in fp32 unless options say so."""
 
-    def load(directory: Path, **kwargs: Any) -> TextModel:
-        options: dict[str, Any] = {"device": torch.device("cpu"), "dtype": torch.float32}
-        return load_text_model(directory, read_weights(directory), **(options | kwargs))
+    def load(directory: Path, **options: Any) -> Model[Any, Any, Any]:
+        return build(directory, read_weights(directory), **options)
 
     return load
+
+
+def build(directory: Path, weights: dict[str, torch.Tensor], **options: Any) -> Any:
+    """The model the family registry builds from a snapshot and its weights."""
+    return load_model(
+        directory, weights, LoadOptions(**({"device": CPU, "dtype": torch.float32} | options))
+    )
 
 
 @pytest.fixture(scope="session")

@@ -10,24 +10,17 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from sidecar.models import TextModel
+from sidecar.models import Embeddings, TextInputs, run_inline
+from sidecar.models.text_model import TextModel
 from tests.sidecar.models.conftest import Loader
 from tests.sidecar.models.sentences import varied_sentences
 
 
-def embed(
-    model: TextModel, texts: list[str], batch_size: int = 32, max_tokens: int | None = None
-) -> npt.NDArray[np.float32]:
-    """L2-normalised embeddings, batched by length like the server's batcher."""
-    limit = max_tokens or model.max_input_tokens
-    ids = [model.truncate(seq, limit) for seq in model.tokenize(texts)]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = np.zeros((len(texts), model.embedding_dim or 0), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        out[chunk] = model.forward(model.collate([ids[i] for i in chunk]))
-    normalised: npt.NDArray[np.float32] = out / np.linalg.norm(out, axis=1, keepdims=True)
-    return normalised
+def embed(model: TextModel, texts: list[str], batch_size: int = 32) -> npt.NDArray[np.float32]:
+    """L2-normalised embeddings through the served recipe, batched by length as the server does."""
+    result = run_inline(model, TextInputs(texts, truncate=True), batch_size=batch_size)
+    assert isinstance(result, Embeddings)
+    return result.vectors
 
 
 def test_demo_model_reports_its_contract(demo_model: TextModel) -> None:
@@ -71,14 +64,12 @@ def test_padding_does_not_change_an_embedding(demo_model: TextModel) -> None:
     assert float(alone @ in_batch) >= 0.99999
 
 
-def test_bfloat16_stays_close_to_float32(
-    demo_dir: Path, demo_model: TextModel, load: Loader
-) -> None:
-    model = load(demo_dir, dtype=torch.bfloat16)
-    assert model.dtype == torch.bfloat16
+def test_bfloat16_stays_close_to_float32(demo_dir: Path, load: Loader) -> None:
     # bf16 matmuls are emulated, hence slow, on CPUs without AVX512-BF16: keep inputs short.
+    model = load(demo_dir, dtype=torch.bfloat16, max_input_tokens=64)
+    assert model.dtype == torch.bfloat16
     texts = varied_sentences(36, seed=1)
-    ours, reference = embed(model, texts, max_tokens=64), embed(demo_model, texts, max_tokens=64)
+    ours, reference = embed(model, texts), embed(load(demo_dir, max_input_tokens=64), texts)
     cosines = (ours * reference).sum(axis=1)
     assert cosines.min() >= 0.999
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from sidecar.models import TextModel
+from sidecar.models import Embeddings, TextInputs, run_inline
 from sidecar.models.pooling import POOLING_MODES
+from sidecar.models.text_model import TextModel
 from tests.sidecar.models.conftest import Loader
 from tests.sidecar.models.sentences import varied_sentences
 from tests.snapshots import SENTIMENT_LABELS, make_bert_snapshot
@@ -87,8 +88,9 @@ def test_embeddings_match_sentence_transformers(
     assert model.normalizes is False
     assert model.max_input_tokens == 128
     texts = varied_sentences(40, seed=4)
-    ids = [model.truncate(seq, model.max_input_tokens) for seq in model.tokenize(texts)]
-    ours = model.forward(model.collate(ids))
+    raw = run_inline(model, TextInputs(texts, truncate=True, normalize=False), batch_size=64)
+    assert isinstance(raw, Embeddings)
+    ours = raw.vectors
     reference = SentenceTransformer(str(directory), device="cpu")
     theirs = reference.encode(texts, batch_size=64, normalize_embeddings=False)
     assert ours.shape == theirs.shape == (40, 32)

@@ -1,4 +1,4 @@
-"""Strict loading: what load_text_model refuses, and what it knowingly ignores."""
+"""Strict loading: what the text model family refuses, and what it knowingly ignores."""
 
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from sidecar.models import BertConfig, ModelLoadError, TextModel, load_text_model
-from tests.sidecar.models.conftest import Loader, read_weights
+from sidecar.models import ModelLoadError
+from sidecar.models.bert import BertConfig
+from sidecar.models.text_model import TextModel
+from tests.sidecar.models.conftest import Loader, build, read_weights
 from tests.snapshots import make_bert_snapshot
-
-CPU = torch.device("cpu")
 
 
 def _load(directory: Path, weights: dict[str, torch.Tensor], **kwargs: Any) -> TextModel:
-    return load_text_model(directory, weights, device=CPU, dtype=torch.float32, **kwargs)
+    model = build(directory, weights, **kwargs)
+    assert isinstance(model, TextModel)
+    return model
 
 
 def test_missing_and_unexpected_tensors_are_listed_sorted(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sidecar.models import Batch, TextModel
+from sidecar.models.text_model import TextModel
+from sidecar.models.tokens import Batch
 from tests.sidecar.models.conftest import Loader
 from tests.snapshots import make_bert_snapshot
 

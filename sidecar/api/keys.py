@@ -1,0 +1,27 @@
+"""Typed keys of the aiohttp application and request state the protocols read."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from sidecar.serving import Service
+    from sidecar.timeline import Timeline
+
+
+class Exposition(Protocol):
+    """The metrics, as the `/metrics` route needs them."""
+
+    content_type: str
+
+    def render(self) -> bytes: ...
+
+
+SERVICE: web.AppKey[Service] = web.AppKey("service")
+METRICS: web.AppKey[Exposition] = web.AppKey("metrics")
+TIMELINE: web.AppKey[Timeline] = web.AppKey("timeline")
+AUTH_TOKEN: web.AppKey[str | None] = web.AppKey("auth_token", str)
+ARRIVED_AT: web.RequestKey[float] = web.RequestKey("arrived_at", float)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

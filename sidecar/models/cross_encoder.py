@@ -1,0 +1,243 @@
+"""Cross-encoders behind the model interface: `rerank` scores (query, document) pairs.
+
+A cross-encoder is a BERT-family sequence classifier with one label that reads the query and a
+document together (`[CLS] query [SEP] document [SEP]`, segment ids 0 then 1) and gives one
+relevance logit. `finish` applies the snapshot's activation (sigmoid unless it says otherwise),
+or none when the request asks for raw scores. The activation comes from an allow-list by name,
+never from a dotted path imported out of a config file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from sidecar.models.bert import MODEL_TYPES, BertConfig, BertEncoder, build_encoder
+from sidecar.models.device import OnTorchDevice, device_uuid, dtype_name
+from sidecar.models.errors import InputTooLongError, ModelLoadError, WrongInputsError
+from sidecar.models.interface import (
+    Family,
+    Inputs,
+    LoadOptions,
+    ModelCard,
+    PairInputs,
+    Prepared,
+    Result,
+    Scores,
+)
+from sidecar.models.snapshot import (
+    architectures,
+    has_classification_head,
+    read_json,
+    sentence_transformers_spec,
+)
+from sidecar.models.tokens import Batch, TextTokenizer, collate
+
+logger = logging.getLogger(__name__)
+
+# The activations sentence-transformers writes for a CrossEncoder, by the names it writes.
+ACTIVATIONS = {
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+    "torch.nn.Sigmoid": "sigmoid",
+    "torch.nn.modules.linear.Identity": "identity",
+    "torch.nn.Identity": "identity",
+}
+
+Pair = tuple[list[int], list[int]]  # token ids and segment (type) ids of one pair
+
+
+class CrossEncoder(OnTorchDevice):
+    """A tokenizer of pairs, an encoder with a one-logit head, and the activation of its scores."""
+
+    def __init__(
+        self,
+        *,
+        tokenizer: TextTokenizer,
+        encoder: BertEncoder,
+        architecture: str,
+        max_input_tokens: int,
+        activation: str,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.architecture = architecture
+        self.max_input_tokens = max_input_tokens
+        self.activation = activation
+        self.device = device
+        self.dtype = dtype
+        self._tokenizer = tokenizer
+        self._encoder = encoder
+        self._pad_id = encoder.config.pad_token_id
+        if max_input_tokens <= tokenizer.num_pair_specials + 1:
+            raise ModelLoadError(
+                f"max_input_tokens {max_input_tokens} leaves no room beside the "
+                f"{tokenizer.num_pair_specials} special tokens of a pair"
+            )
+
+    @property
+    def card(self) -> ModelCard:
+        return ModelCard(
+            task="rerank",
+            architecture=self.architecture,
+            device=str(self.device),
+            dtype=dtype_name(self.dtype),
+            device_uuid=device_uuid(self.device),
+            max_input_tokens=self.max_input_tokens,
+        )
+
+    def prepare(self, inputs: Inputs) -> Prepared[Pair]:
+        """Tokenize each (query, document) pair; refuse or truncate pairs over the limit."""
+        if not isinstance(inputs, PairInputs):
+            raise WrongInputsError("this model serves 'rerank': it takes a query and documents")
+        pairs = self._tokenizer.encode_pairs(inputs.query, inputs.documents)
+        limit = self.max_input_tokens
+        long = [index for index, (ids, _) in enumerate(pairs) if len(ids) > limit]
+        if long and not inputs.truncate:
+            index = long[0]
+            raise InputTooLongError(
+                f"document {index} with the query has {len(pairs[index][0])} tokens, more than "
+                f"the limit of {limit}; set truncate to true to cut it to the limit"
+            )
+        if long:
+            cut = self._tokenizer.encode_pairs(
+                inputs.query, [inputs.documents[i] for i in long], truncate=True
+            )
+            for index, pair in zip(long, cut, strict=True):
+                pairs[index] = pair
+        return Prepared(pairs, [len(ids) for ids, _ in pairs])
+
+    def collate(self, pairs: Sequence[Pair]) -> Batch:
+        """Right-pad the pairs' ids and segment ids to the longest."""
+        return collate(
+            [ids for ids, _ in pairs], self._pad_id, self.device, [types for _, types in pairs]
+        )
+
+    def forward(self, batch: Batch) -> npt.NDArray[np.float32]:
+        """(B,) relevance logits in fp32."""
+        padded = not bool(batch.attention_mask.all())
+        with torch.inference_mode():
+            input_ids = batch.input_ids.to(self.device, non_blocking=True)
+            token_type_ids = batch.token_type_ids.to(self.device, non_blocking=True)
+            mask = batch.attention_mask.to(self.device, non_blocking=True).bool()  # (B, T)
+            hidden = self._encoder(input_ids, token_type_ids, mask if padded else None)
+            logits = self._encoder.classify(hidden).float()[:, 0]  # (B,)
+            return logits.cpu().numpy()
+
+    def finish(self, outputs: Sequence[np.float32], inputs: Inputs) -> Result:
+        """Scores in document order: the activation of the logits, or the logits when asked."""
+        logits = np.asarray(outputs, dtype=np.float32)
+        if self.activation == "identity" or (isinstance(inputs, PairInputs) and inputs.raw_scores):
+            return Scores(logits)
+        return Scores((1.0 / (1.0 + np.exp(-logits))).astype(np.float32))
+
+    def warmup(self, max_batch: int, max_tokens: int) -> list[tuple[int, float]]:
+        """Passes of pairs across shapes, never over `max_tokens` padded tokens.
+
+        Returns:
+            (padded tokens, seconds) of each shape's second pass (the first also allocates).
+        """
+        top = min(self.max_input_tokens, max_tokens)
+        timings, shapes = [], []
+        for length in sorted({min(t, top) for t in (16, 64, top)}):
+            document = " ".join(["warmup"] * length)
+            for size in sorted({1, max(1, min(max_batch, max_tokens // length))}):
+                pairs = self._tokenizer.encode_pairs("warmup", [document] * size, truncate=True)
+                padded = size * max(len(ids) for ids, _ in pairs)
+                if padded > max_tokens:
+                    continue
+                self.forward(self.collate(pairs))
+                started = time.perf_counter()
+                self.forward(self.collate(pairs))
+                timings.append((padded, time.perf_counter() - started))
+                shapes.append((size, padded // size))
+        logger.info("warmed up on %d shapes (batch, tokens): %s", len(shapes), shapes)
+        return timings
+
+
+def _activation(config: Mapping[str, Any], directory: Path) -> str:
+    """The snapshot's activation by allow-listed name (sentence-transformers 6, 4-5, <4)."""
+    named: Any = None
+    if (directory / "config_sentence_transformers.json").is_file():
+        named = read_json(directory, "config_sentence_transformers.json").get("activation_fn")
+    section = config.get("sentence_transformers")
+    if named is None and isinstance(section, dict):
+        named = section.get("activation_fn")
+    if named is None:
+        named = config.get("sbert_ce_default_activation_function")
+    if named is None:
+        return "sigmoid"
+    if named not in ACTIVATIONS:
+        raise ModelLoadError(
+            f"cross-encoder activation {str(named)[:100]!r} is not supported "
+            f"(supported: {', '.join(ACTIVATIONS)})"
+        )
+    return ACTIVATIONS[named]
+
+
+def detect(config: Mapping[str, Any], directory: Path) -> str | None:
+    """Rerank with a one-label classifier that sentence-transformers saved as a CrossEncoder."""
+    if not has_classification_head(config):
+        return None
+    marked = "sentence_transformers" in config or "sbert_ce_default_activation_function" in config
+    if (directory / "config_sentence_transformers.json").is_file():
+        st_config = read_json(directory, "config_sentence_transformers.json")
+        marked = marked or st_config.get("model_type") == "CrossEncoder"
+    if not marked or BertConfig.from_dict(config).num_labels != 1:
+        return None
+    return "rerank"
+
+
+def load(
+    directory: Path, weights: Mapping[str, torch.Tensor], options: LoadOptions
+) -> CrossEncoder:
+    """Build a cross-encoder from a one-label sequence-classification snapshot.
+
+    Raises:
+        ModelLoadError: not a one-label classifier, an activation off the allow-list, a limit
+            out of range, or weights that do not match.
+    """
+    raw = read_json(directory, "config.json")
+    config = BertConfig.from_dict(raw)
+    names = architectures(raw)
+    if not has_classification_head(raw) or config.num_labels != 1:
+        raise ModelLoadError(
+            "task 'rerank' needs a sequence-classification checkpoint with one label, but "
+            f"config.json architectures are {names} with {config.num_labels} labels"
+        )
+    spec = sentence_transformers_spec(directory)
+    limit = config.max_positions
+    max_input_tokens = options.max_input_tokens or min(spec.max_seq_length or limit, limit)
+    if not 1 <= max_input_tokens <= limit:
+        raise ModelLoadError(
+            f"max_input_tokens {max_input_tokens} is outside the model's position limit "
+            f"of {limit} tokens"
+        )
+    model = CrossEncoder(
+        tokenizer=TextTokenizer(
+            directory, lowercase=spec.lowercase, pair_max_tokens=max_input_tokens
+        ),
+        encoder=build_encoder(
+            config, weights, with_head=True, device=options.device, dtype=options.dtype
+        ),
+        architecture=names[0],
+        max_input_tokens=max_input_tokens,
+        activation=_activation(raw, directory),
+        device=options.device,
+        dtype=options.dtype,
+    )
+    logger.info(
+        "loaded %s (%s) for rerank on %s as %s: max %d tokens per pair, %s activation",
+        model.architecture, config.model_type, options.device, options.dtype,
+        max_input_tokens, model.activation,
+    )  # fmt: skip
+    return model
+
+
+FAMILY = Family("cross-encoder", MODEL_TYPES, ("rerank",), detect, load)

@@ -1,0 +1,127 @@
+"""Text to token ids and back to a padded batch: a snapshot's fast tokenizer, truncation, collation.
+
+Truncation keeps the trailing special tokens ([SEP], </s>), as Hugging Face's does; collation pads
+on the right with the model's pad id. On CUDA the batch is built in pinned memory, so the copy to
+the device can overlap with the previous forward pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from sidecar.models.errors import ModelLoadError
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Model inputs for one forward pass; on CUDA these are pinned CPU tensors."""
+
+    input_ids: torch.Tensor  # (B, T) int64, right-padded with the pad id
+    attention_mask: torch.Tensor  # (B, T) int64, 1 on real tokens
+    token_type_ids: torch.Tensor  # (B, T) int64, 1 on a pair's second segment
+
+
+class TextTokenizer:
+    """A snapshot's `tokenizer.json`, with padding and truncation left to us.
+
+    Args:
+        directory: the snapshot directory.
+        lowercase: lowercase texts first (sentence-transformers' `do_lower_case`).
+        pair_max_tokens: when given, pairs over this length can be truncated the way Hugging
+            Face's tokenizers do it for pairs (longest first).
+    """
+
+    def __init__(
+        self, directory: Path, *, lowercase: bool = False, pair_max_tokens: int | None = None
+    ) -> None:
+        if not (directory / "tokenizer.json").is_file():
+            raise ModelLoadError("the model directory has no tokenizer.json (a fast tokenizer)")
+        try:
+            tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        except Exception as exc:  # the tokenizers library raises bare Exception
+            raise ModelLoadError(f"cannot load tokenizer.json: {exc}") from None
+        # Snapshots may pin padding and truncation in tokenizer.json; we pad and truncate ourselves.
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        self._tokenizer = tokenizer
+        self._lowercase = lowercase
+        specials = tokenizer.encode("a").special_tokens_mask
+        self.num_specials = sum(specials)
+        # Special tokens after the text ([SEP], </s>) survive truncation.
+        self._num_suffix = len(specials) - len(list(itertools.dropwhile(bool, reversed(specials))))
+        self.num_pair_specials = sum(tokenizer.encode("a", "b").special_tokens_mask)
+        self._pair_truncating: Tokenizer | None = None
+        if pair_max_tokens is not None:
+            self._pair_truncating = Tokenizer.from_str(tokenizer.to_str())
+            self._pair_truncating.enable_truncation(pair_max_tokens, strategy="longest_first")
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids with special tokens, neither padded nor truncated."""
+        if self._lowercase:
+            texts = [text.lower() for text in texts]
+        return [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
+
+    def encode_pairs(
+        self, first: str, seconds: Sequence[str], *, truncate: bool = False
+    ) -> list[tuple[list[int], list[int]]]:
+        """(ids, type ids) of each (first, second) pair; `truncate`: longest first, to the limit."""
+        tokenizer = self._pair_truncating if truncate else self._tokenizer
+        if tokenizer is None:
+            raise ValueError("this tokenizer was built without a pair length limit")
+        if self._lowercase:
+            first, seconds = first.lower(), [text.lower() for text in seconds]
+        encodings = tokenizer.encode_batch([(first, second) for second in seconds])
+        return [(encoding.ids, encoding.type_ids) for encoding in encodings]
+
+    def truncate(self, ids: Sequence[int], max_tokens: int) -> list[int]:
+        """Cut `ids` to `max_tokens`, keeping the trailing special tokens, as HF truncation does."""
+        if max_tokens <= self.num_specials:
+            raise ValueError(f"max_tokens {max_tokens} leaves no room beside the special tokens")
+        if len(ids) <= max_tokens:
+            return list(ids)
+        keep = max_tokens - self._num_suffix
+        return [*ids[:keep], *ids[len(ids) - self._num_suffix :]]
+
+    def filler(self, length: int) -> tuple[list[int], list[int]]:
+        """Ids of exactly `length` tokens of filler text, and of the shortest input: for warm-up."""
+        ids = self.truncate(self.encode([" ".join(["warmup"] * length)])[0], length)
+        head = self.num_specials - self._num_suffix
+        return ids, [*ids[: head + 1], *ids[len(ids) - self._num_suffix :]]
+
+
+def collate(
+    seqs: Sequence[Sequence[int]],
+    pad_id: int,
+    device: torch.device,
+    type_ids: Sequence[Sequence[int]] | None = None,
+) -> Batch:
+    """Right-pad token id sequences (and their type ids, zeros when not given) to the longest."""
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    if lengths.size == 0 or lengths.min() == 0:
+        raise ValueError("collate needs at least one sequence and no empty ones")
+    B, T = len(seqs), int(lengths.max())
+    real = np.arange(T)[None, :] < lengths[:, None]  # (B, T)
+    count = int(lengths.sum())
+    input_ids = np.full((B, T), pad_id, dtype=np.int64)
+    # Row-major boolean assignment fills each row's real positions from the flat ids, in order.
+    input_ids[real] = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=count)
+    types = np.zeros((B, T), dtype=np.int64)
+    if type_ids is not None:
+        types[real] = np.fromiter(
+            itertools.chain.from_iterable(type_ids), dtype=np.int64, count=count
+        )
+    tensors = [
+        torch.from_numpy(input_ids),
+        torch.from_numpy(real.astype(np.int64)),
+        torch.from_numpy(types),
+    ]
+    if device.type == "cuda":
+        tensors = [t.pin_memory() for t in tensors]
+    return Batch(input_ids=tensors[0], attention_mask=tensors[1], token_type_ids=tensors[2])

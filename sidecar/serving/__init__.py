@@ -1,0 +1,26 @@
+"""Model-agnostic serving: engines (a loaded model and its batcher), start-up, the served set.
+
+    Service       what the process serves: phase, models by name, requests in flight, drain
+    Engine        one loaded model and its batcher: inputs in, result out
+    loading       settings -> a warmed model (resolve, verify, stream, build, warm)
+
+It knows no wire format: the protocols (`sidecar.api`) call it with `sidecar.models` inputs and
+get `sidecar.models` results back.
+"""
+
+from __future__ import annotations
+
+from sidecar.serving.engine import Engine, Inference
+from sidecar.serving.loading import DEMO_NAME, LoadReport
+from sidecar.serving.service import DEFAULT_ALIAS, Phase, ServedModel, Service
+
+__all__ = [
+    "DEFAULT_ALIAS",
+    "DEMO_NAME",
+    "Engine",
+    "Inference",
+    "LoadReport",
+    "Phase",
+    "ServedModel",
+    "Service",
+]

