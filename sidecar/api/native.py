@@ -19,7 +19,7 @@ from aiohttp import web
 from sidecar import __version__
 from sidecar.api import wire
 from sidecar.api.keys import ARRIVED_AT, SERVICE, TIMELINE
-from sidecar.errors import InvalidInputError, UnsupportedTaskError
+from sidecar.errors import InvalidInputError
 from sidecar.models import Classifications, Embeddings, Result, TextInputs
 
 if TYPE_CHECKING:
@@ -67,14 +67,9 @@ def routes() -> list[web.RouteDef]:
 async def predict(request: web.Request) -> web.StreamResponse:
     """`POST /v1/predict` and `POST /v1/models/{model}/predict`."""
     service = request.app[SERVICE]
-    served = service.model(request.match_info.get("model"))
+    served = wire.model_for(request, request.match_info.get("model"), "embed", "classify")
     data = await wire.read_json(request)
     parsed = PredictRequest.parse(data, max_inputs=service.settings.max_client_batch)
-    if served.engine.card.task not in ("embed", "classify"):
-        raise UnsupportedTaskError(
-            f"model '{served.name}' serves '{served.engine.card.task}', which /v1/predict does "
-            "not take; use its own route"
-        )
     inference = await served.engine.infer(
         TextInputs(parsed.texts, truncate=parsed.truncate, normalize=parsed.normalize),
         deadline=wire.deadline(request),

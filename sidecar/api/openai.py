@@ -15,7 +15,7 @@ from aiohttp import web
 
 from sidecar.api import wire
 from sidecar.api.keys import SERVICE
-from sidecar.errors import InvalidInputError, UnsupportedTaskError
+from sidecar.errors import InvalidInputError
 from sidecar.models import Embeddings, TextInputs
 
 _EMBEDDINGS_KEYS = {"input", "model", "encoding_format", "dimensions", "user", "truncate"}
@@ -58,10 +58,8 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     data = await wire.read_json(request)
     parsed = EmbeddingsRequest.parse(data, max_inputs=service.settings.max_client_batch)
-    served = service.model(parsed.model)
+    served = wire.model_for(request, parsed.model, "embed")
     card = served.engine.card
-    if card.task != "embed":
-        raise UnsupportedTaskError(f"model '{served.name}' does not produce embeddings")
     if parsed.dimensions is not None and parsed.dimensions != card.embedding_dim:
         raise InvalidInputError(
             f"'dimensions' must be {card.embedding_dim} for model '{served.name}'"

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from sidecar.api import wire
 from sidecar.api.keys import SERVICE
-from sidecar.errors import InvalidInputError, UnsupportedTaskError
+from sidecar.errors import InvalidInputError
 from sidecar.models import PairInputs, Scores
 
 _RERANK_KEYS = {
@@ -74,9 +74,7 @@ async def rerank(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     data = await wire.read_json(request)
     parsed = RerankRequest.parse(data, max_inputs=service.settings.max_client_batch)
-    served = service.model(parsed.model)
-    if served.engine.card.task != "rerank":
-        raise UnsupportedTaskError(f"model '{served.name}' does not rerank")
+    served = wire.model_for(request, parsed.model, "rerank")
     inference = await served.engine.infer(
         PairInputs(
             parsed.query, parsed.documents, truncate=parsed.truncate, raw_scores=parsed.raw_scores

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -20,7 +20,11 @@ from sidecar.errors import (
     PayloadTooLargeError,
     TooManyInputsError,
     UnauthorizedError,
+    UnsupportedTaskError,
 )
+
+if TYPE_CHECKING:
+    from sidecar.serving import ServedModel
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,6 +41,24 @@ def inference(handler: Handler) -> Handler:
 
     guarded.__doc__ = handler.__doc__
     return guarded
+
+
+def model_for(request: web.Request, name: str | None, *tasks: str) -> ServedModel:
+    """The served model a request names, if it serves one of `tasks` (the route's).
+
+    Raises:
+        ModelNotFoundError, NotReadyError: from the service.
+        UnsupportedTaskError: the model serves another task.
+    """
+    served = request.app[SERVICE].model(name)
+    task = served.engine.card.task
+    if task not in tasks:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else request.path
+        raise UnsupportedTaskError(
+            f"model '{served.name}' serves '{task}', which {route} does not take"
+        )
+    return served
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:

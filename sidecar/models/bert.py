@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sidecar.models.errors import ModelLoadError
+from sidecar.models.tokens import Batch
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +247,24 @@ class BertEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, mask)
         return x
+
+    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states (B, T, H) of a collated batch, and its mask (B, T) bool, on our device.
+
+        Call under `torch.inference_mode()`.
+        """
+        num_tokens = batch.input_ids.shape[1]
+        if num_tokens > self.config.max_positions:
+            raise ValueError(
+                f"batch of {num_tokens} tokens exceeds the model's {self.config.max_positions}"
+            )
+        # Checked on the host copy, before the transfer: no device sync.
+        padded = not bool(batch.attention_mask.all())
+        device = self.embeddings.word.weight.device
+        input_ids = batch.input_ids.to(device, non_blocking=True)
+        token_type_ids = batch.token_type_ids.to(device, non_blocking=True)
+        mask = batch.attention_mask.to(device, non_blocking=True).bool()  # (B, T)
+        return self(input_ids, token_type_ids, mask if padded else None), mask
 
     def classify(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_labels) from token states (B, T, H)."""

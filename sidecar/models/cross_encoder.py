@@ -121,12 +121,8 @@ class CrossEncoder(OnTorchDevice):
 
     def forward(self, batch: Batch) -> npt.NDArray[np.float32]:
         """(B,) relevance logits in fp32."""
-        padded = not bool(batch.attention_mask.all())
         with torch.inference_mode():
-            input_ids = batch.input_ids.to(self.device, non_blocking=True)
-            token_type_ids = batch.token_type_ids.to(self.device, non_blocking=True)
-            mask = batch.attention_mask.to(self.device, non_blocking=True).bool()  # (B, T)
-            hidden = self._encoder(input_ids, token_type_ids, mask if padded else None)
+            hidden, _ = self._encoder.encode(batch)  # (B, T, H)
             logits = self._encoder.classify(hidden).float()[:, 0]  # (B,)
             return logits.cpu().numpy()
 

@@ -87,7 +87,6 @@ class TextModel(OnTorchDevice):
         self._spec = spec
         self._multi_label = multi_label
         self._pad_id = encoder.config.pad_token_id
-        self._max_positions = encoder.config.max_positions
         if max_input_tokens <= tokenizer.num_specials:
             raise ModelLoadError(
                 f"max_input_tokens {max_input_tokens} leaves no room beside the "
@@ -139,18 +138,8 @@ class TextModel(OnTorchDevice):
 
     def forward(self, batch: Batch) -> Rows:
         """(B, D) pooled embeddings before normalisation, or (B, L) label probabilities."""
-        num_tokens = batch.input_ids.shape[1]
-        if num_tokens > self._max_positions:
-            raise ValueError(
-                f"batch of {num_tokens} tokens exceeds the model's {self._max_positions}"
-            )
-        # Checked on the host copy, before the transfer: no device sync.
-        padded = not bool(batch.attention_mask.all())
         with torch.inference_mode():
-            input_ids = batch.input_ids.to(self.device, non_blocking=True)
-            token_type_ids = batch.token_type_ids.to(self.device, non_blocking=True)
-            mask = batch.attention_mask.to(self.device, non_blocking=True).bool()  # (B, T)
-            hidden = self._encoder(input_ids, token_type_ids, mask if padded else None)
+            hidden, mask = self._encoder.encode(batch)  # (B, T, H), (B, T)
             if self.task == "classify":
                 logits = self._encoder.classify(hidden).float()  # (B, L)
                 probs = torch.sigmoid(logits) if self._multi_label else logits.softmax(-1)
