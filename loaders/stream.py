@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 _READS_PER_THREAD = 4
 _MIN_READ_BYTES = 1 << 20
+# Pinned host memory a CUDA load may stage through (see `staging_buffers`).
+MAX_STAGING_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -200,13 +202,14 @@ def _reader(
     if mapped:
         return MappedReader(fds, paths, headers)
     if target.type == "cuda":
+        largest = max((chunk.length for chunk in chunks), default=0)
         return CudaReader(
             fds,
             paths,
             headers,
             target,
-            num_buffers=min(2 * num_threads, len(chunks)),
-            buffer_bytes=max((chunk.length for chunk in chunks), default=0),
+            num_buffers=staging_buffers(num_threads, largest, len(chunks)),
+            buffer_bytes=largest,
         )
     return HostReader(fds, paths, headers)
 
@@ -284,6 +287,17 @@ class _Digests:
             actual = self._futures[index].result()
             if actual != self._pins[index]:
                 raise DigestMismatchError(paths[index], expected=self._pins[index], actual=actual)
+
+
+def staging_buffers(num_threads: int, buffer_bytes: int, num_chunks: int) -> int:
+    """Pinned staging buffers for a CUDA load: two per reader, at most MAX_STAGING_BYTES in all.
+
+    Two per reader let one be copied to the device while the other is filled; past the cap,
+    readers wait for a free buffer rather than pin more host memory (pinned pages are taken from
+    the pod's memory and never swapped). Never fewer than two, never more than there are chunks.
+    """
+    fit = MAX_STAGING_BYTES // max(buffer_bytes, 1)
+    return max(1, min(2 * num_threads, num_chunks, max(fit, 2)))
 
 
 def _read_size(total_bytes: int, num_threads: int, chunk_bytes: int) -> int:

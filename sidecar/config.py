@@ -28,6 +28,14 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
+# SIDECAR_BATCH_MAX_SIZE when unset. On a CPU a forward pass costs about its padded tokens, so
+# batches gain little past a few dozen items. On a GPU a pass costs about the same up to a knee
+# of thousands of tokens: 32 short inputs (a few hundred tokens) leave most of it idle, so the
+# bound lets the batcher fill up to the knee it measures (still under SIDECAR_BATCH_MAX_TOKENS).
+CPU_MAX_SIZE = 32
+CUDA_MAX_SIZE = 256
+
+
 @dataclass(frozen=True)
 class DigestPins:
     """SIDECAR_MODEL_SHA256: weight-file digests to verify before serving.
@@ -120,10 +128,10 @@ class Settings:
     dtype: str = "auto"
     batch_window_ms: int = 20
     batch_min_size: int = 1
-    batch_max_size: int = 32
+    batch_max_size: int | None = None  # None: by device (see CPU_MAX_SIZE, CUDA_MAX_SIZE)
     batch_max_tokens: int = 16384
     batch_adaptive: bool = True
-    batch_max_padding: float | None = None  # None: by device (see serving.engine.CPU_MAX_PADDING)
+    batch_max_padding: float | None = None  # None: by device (serving.engine.CPU_MAX_PADDING)
     queue_max: int = 512
     request_timeout_ms: int = 30000
     max_input_tokens: int | None = None
@@ -167,7 +175,7 @@ class Settings:
             dtype=env.get("SIDECAR_DTYPE", _choice(DTYPES), "auto"),
             batch_window_ms=env.get("SIDECAR_BATCH_WINDOW_MS", _int_in(0, 1000), 20),
             batch_min_size=env.get("SIDECAR_BATCH_MIN_SIZE", _int_in(1, 4096), 1),
-            batch_max_size=env.get("SIDECAR_BATCH_MAX_SIZE", _int_in(1, 4096), 32),
+            batch_max_size=env.get("SIDECAR_BATCH_MAX_SIZE", _int_in(1, 4096), None),
             batch_max_tokens=env.get("SIDECAR_BATCH_MAX_TOKENS", _int_in(1, 1 << 24), 16384),
             batch_adaptive=env.get("SIDECAR_BATCH_ADAPTIVE", _bool, True),
             batch_max_padding=env.get("SIDECAR_BATCH_MAX_PADDING", _float_in(0.0, 1.0), None),
@@ -205,11 +213,13 @@ class Settings:
         Raises:
             ConfigError: naming the first variable out of bounds.
         """
-        if self.batch_min_size > self.batch_max_size:
+        max_size = self.batch_max_size or CPU_MAX_SIZE  # the smaller default, device unknown
+        if self.batch_min_size > max_size:
             raise ConfigError(
                 "SIDECAR_BATCH_MIN_SIZE",
                 str(self.batch_min_size),
-                f"at most SIDECAR_BATCH_MAX_SIZE ({self.batch_max_size})",
+                f"at most SIDECAR_BATCH_MAX_SIZE ({max_size}"
+                + (")" if self.batch_max_size else ", its default on a CPU; set it)"),
             )
         if self.max_client_batch > self.queue_max:
             raise ConfigError(

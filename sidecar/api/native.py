@@ -142,6 +142,7 @@ def model_card(service: Service, served: ServedModel) -> dict[str, Any]:
     """What `/v1/models/{model}` says of a served model."""
     card = served.engine.card
     settings = service.settings
+    bounds = served.engine.batcher.config  # effective: some bounds default by device
     body: dict[str, Any] = {
         "id": served.name,
         "object": "model",
@@ -156,11 +157,11 @@ def model_card(service: Service, served: ServedModel) -> dict[str, Any]:
         "input_schema": _INPUT_SCHEMAS[card.task] | {"max_inputs": settings.max_client_batch},
         "batching": {
             "window_ms": settings.batch_window_ms,
-            "min_size": settings.batch_min_size,
-            "max_size": settings.batch_max_size,
-            "max_tokens": settings.batch_max_tokens,
-            "adaptive": settings.batch_adaptive,
-            "queue_max": settings.queue_max,
+            "min_size": bounds.min_size,
+            "max_size": bounds.max_size,
+            "max_tokens": bounds.max_tokens,
+            "adaptive": bounds.adaptive,
+            "queue_max": bounds.queue_max,
         },
     }
     if card.task == "embed":

@@ -112,5 +112,10 @@ class OnTorchDevice:
         return self.device.type == "cuda" and is_fatal_device_error(exc)
 
     def release_memory(self) -> None:
+        """Hand cached blocks back: device memory, and pinned host memory (staging buffers,
+        pinned batches), which counts against the pod's memory and is never swapped."""
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+            empty_host_cache = getattr(torch.accelerator, "empty_host_cache", None)  # torch 2.13
+            if empty_host_cache is not None:
+                empty_host_cache()

@@ -16,10 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from batching import BatchConfig, Batcher, BatchObserver
+from sidecar.config import CPU_MAX_SIZE, CUDA_MAX_SIZE, Settings
 from sidecar.models import Inputs, Model, ModelCard, Result
 
 logger = logging.getLogger(__name__)
 
+# Padding is wasted compute on a CPU (one forward's cost follows its padded tokens), so batches
+# there keep padding under this share; on CUDA larger batches pay for padding, so no cap.
+CPU_MAX_PADDING = 0.5
 # Preparing this many characters (tokenizing them) takes well under a millisecond: cheaper on the
 # loop than a thread hop. Anything longer is prepared on its own thread, overlapped with forwards.
 INLINE_PREPARE_CHARS = 1024
@@ -128,3 +132,20 @@ class Executors:
     def shutdown(self) -> None:
         for executor in (self.device, self.collate, self.prepare):
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+def batch_config(settings: Settings, device: str) -> BatchConfig:
+    """The batching bounds of the settings; the size bound and padding cap default by device."""
+    on_cpu = device == "cpu"
+    max_padding = settings.batch_max_padding
+    if max_padding is None:
+        max_padding = CPU_MAX_PADDING if on_cpu else 1.0
+    return BatchConfig(
+        window_s=settings.batch_window_ms / 1000.0,
+        min_size=settings.batch_min_size,
+        max_size=settings.batch_max_size or (CPU_MAX_SIZE if on_cpu else CUDA_MAX_SIZE),
+        max_tokens=settings.batch_max_tokens,
+        queue_max=settings.queue_max,
+        adaptive=settings.batch_adaptive,
+        max_padding=max_padding,
+    )

@@ -20,6 +20,7 @@ from sidecar.errors import StartupError
 from sidecar.models import LoadOptions, Model, ModelLoadError
 from sidecar.models.device import resolve_device, resolve_dtype
 from sidecar.models.families import load_model
+from sidecar.serving.engine import batch_config
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +139,14 @@ def load(settings: Settings, *, progress: Callable[[int, int], None] | None = No
             # On CUDA every shape class is worth compiling kernels for; on CPU a few passes of
             # one and two items touch every code path at a fraction of the start-up time.
             full = device.type == "cuda"
+            bounds = batch_config(settings, str(device))
             timings = model.warmup(
-                settings.batch_max_size if full else min(settings.batch_max_size, 2),
-                settings.batch_max_tokens if full else min(settings.batch_max_tokens, 128),
+                bounds.max_size if full else min(bounds.max_size, 2),
+                bounds.max_tokens if full else min(bounds.max_tokens, 128),
             )
+        # Loading staged weights through pinned buffers and may have cast copies: hand the
+        # allocators' cached blocks back before serving.
+        model.release_memory()
         warmed = time.perf_counter()
     except (loaders.LoaderError, ModelLoadError) as exc:
         raise StartupError(str(exc)) from exc

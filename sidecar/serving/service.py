@@ -15,20 +15,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from batching import BatchConfig, BatchObserver, DeviceFailedError
+from batching import BatchObserver, DeviceFailedError
 from sidecar.config import Settings, served_name_from
 from sidecar.errors import DrainingError, ModelNotFoundError, NotReadyError
 from sidecar.serving import loading
-from sidecar.serving.engine import Engine, Executors
+from sidecar.serving.engine import Engine, Executors, batch_config
 from sidecar.serving.loading import Loaded, LoadReport
 
 logger = logging.getLogger(__name__)
 
 # The name that always selects the served model, whatever it is called.
 DEFAULT_ALIAS = "default"
-# Padding is wasted compute on a CPU (one forward's cost follows its padded tokens), so batches
-# there keep padding under this share; on CUDA larger batches pay for padding, so no cap.
-CPU_MAX_PADDING = 0.5
 
 
 class Phase(enum.Enum):
@@ -181,19 +178,3 @@ class Service:
             await self.served.engine.stop()
         self._executors.shutdown()
         return drained
-
-
-def batch_config(settings: Settings, device: str) -> BatchConfig:
-    """The batching bounds of the settings; the padding cap defaults by device."""
-    max_padding = settings.batch_max_padding
-    if max_padding is None:
-        max_padding = CPU_MAX_PADDING if device == "cpu" else 1.0
-    return BatchConfig(
-        window_s=settings.batch_window_ms / 1000.0,
-        min_size=settings.batch_min_size,
-        max_size=settings.batch_max_size,
-        max_tokens=settings.batch_max_tokens,
-        queue_max=settings.queue_max,
-        adaptive=settings.batch_adaptive,
-        max_padding=max_padding,
-    )

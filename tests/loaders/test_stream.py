@@ -379,3 +379,24 @@ def test_small_loads_are_split_so_every_thread_has_reads(
         [path], num_threads=num_threads, chunk_bytes=16 << 20, progress=lambda *a: calls.append(a)
     )
     assert len(calls) == expected_reads
+
+
+@pytest.mark.parametrize(
+    ("threads", "buffer_bytes", "chunks", "buffers"),
+    [
+        (8, 16 << 20, 1000, 16),  # two per reader: 256 MiB, the cap
+        (32, 16 << 20, 1000, 16),  # more readers than the cap pins: they wait for a buffer
+        (8, 1 << 20, 1000, 16),
+        (8, 1 << 20, 5, 5),  # never more than there are chunks
+        (4, 1 << 30, 1000, 2),  # huge chunks: two, however large
+        (1, 1 << 20, 0, 1),
+    ],
+)
+def test_pinned_staging_is_capped(
+    threads: int, buffer_bytes: int, chunks: int, buffers: int
+) -> None:
+    from loaders.stream import MAX_STAGING_BYTES, staging_buffers
+
+    assert staging_buffers(threads, buffer_bytes, chunks) == buffers
+    if buffers > 2:
+        assert buffers * buffer_bytes <= MAX_STAGING_BYTES
