@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from collections.abc import Iterable
 
-from sidecar.api import PROTOCOLS, health
-from sidecar.api.keys import AUTH_TOKEN, METRICS, SERVICE, TIMELINE
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from sidecar.api import PROTOCOLS, health, wire
+from sidecar.api.keys import METRICS, SERVICE, TIMELINE
+from sidecar.auth import BearerToken, require_token
 from sidecar.metrics import Metrics
 from sidecar.middleware import errors_and_accounting
 from sidecar.serving import Service
@@ -13,32 +17,43 @@ from sidecar.timeline import Timeline
 
 
 def build_api_app(
-    service: Service, metrics: Metrics, timeline: Timeline, auth_token: str | None
+    service: Service, metrics: Metrics, timeline: Timeline, auth: BearerToken | None
 ) -> web.Application:
-    """Every protocol, plus health and metrics: served on loopback TCP and the socket."""
-    app = _base_app(service, metrics, timeline, auth_token)
+    """Every protocol, plus health and metrics: served on loopback TCP and the socket.
+
+    With a token, every route but the probes asks for it (`sidecar.auth`).
+    """
+    app = _base_app(service, metrics, timeline, [] if auth is None else [require_token(auth)])
     for protocol in PROTOCOLS:
-        app.add_routes(protocol.routes())
-    app.add_routes(health.routes())
+        app.add_routes(_continue_when_read(protocol.routes()))
+    app.add_routes(_continue_when_read(health.routes()))
     return app
 
 
 def build_health_app(service: Service, metrics: Metrics, timeline: Timeline) -> web.Application:
     """Health and metrics only, for the kubelet and Prometheus; never inference."""
-    app = _base_app(service, metrics, timeline, None)
-    app.add_routes(health.routes())
+    app = _base_app(service, metrics, timeline, [])
+    app.add_routes(_continue_when_read(health.routes()))
     return app
 
 
 def _base_app(
-    service: Service, metrics: Metrics, timeline: Timeline, auth_token: str | None
+    service: Service, metrics: Metrics, timeline: Timeline, guards: list[Middleware]
 ) -> web.Application:
     app = web.Application(
-        middlewares=[errors_and_accounting(metrics)],
+        middlewares=[errors_and_accounting(metrics), *guards],
         client_max_size=service.settings.max_body_bytes,
     )
     app[SERVICE] = service
     app[METRICS] = metrics
     app[TIMELINE] = timeline
-    app[AUTH_TOKEN] = auth_token
     return app
+
+
+def _continue_when_read(routes: Iterable[web.RouteDef]) -> list[web.RouteDef]:
+    # aiohttp answers `Expect: 100-continue` before any check; ours answers it when the body is
+    # about to be read, after the token, the route and the declared length passed.
+    return [
+        web.RouteDef(r.method, r.path, r.handler, {**r.kwargs, "expect_handler": wire.expect})
+        for r in routes
+    ]

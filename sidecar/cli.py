@@ -26,9 +26,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     pull.add_argument("model", help="hf://org/name[@revision], or a local path to validate")
     args = parser.parse_args(argv)
     environ = os.environ if environ is None else environ
+    from sidecar.auth import BearerToken
+
     try:
         settings = Settings.from_env(environ)
-        token = _read_token(settings)
+        auth = BearerToken.from_file(settings.auth_token_file) if settings.auth_token_file else None
     except ConfigError as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
         return 2
@@ -41,21 +43,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     from sidecar.server import serve
 
     timeline.mark("imports")
-    return asyncio.run(serve(settings, auth_token=token, timeline=timeline))
-
-
-def _read_token(settings: Settings) -> str | None:
-    if settings.auth_token_file is None:
-        return None
-    try:
-        token = Path(settings.auth_token_file).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(
-            "SIDECAR_AUTH_TOKEN_FILE", settings.auth_token_file, f"a readable file ({exc.strerror})"
-        ) from None
-    if not token:
-        raise ConfigError("SIDECAR_AUTH_TOKEN_FILE", settings.auth_token_file, "a non-empty file")
-    return token
+    return asyncio.run(serve(settings, auth=auth, timeline=timeline))
 
 
 def _pull(spec: str, settings: Settings) -> int:

@@ -135,8 +135,10 @@ class Settings:
     queue_max: int = 512
     request_timeout_ms: int = 30000
     max_input_tokens: int | None = None
-    max_client_batch: int = 256
+    max_client_batch: int = 256  # from_env: unset follows a lower queue_max
     max_body_bytes: int = 8 * 1024 * 1024
+    keepalive_timeout_s: float = 15.0
+    max_connections: int = 1024
     host: str = "127.0.0.1"
     port: int = 8080
     uds: str | None = None
@@ -179,11 +181,18 @@ class Settings:
             batch_max_tokens=env.get("SIDECAR_BATCH_MAX_TOKENS", _int_in(1, 1 << 24), 16384),
             batch_adaptive=env.get("SIDECAR_BATCH_ADAPTIVE", _bool, True),
             batch_max_padding=env.get("SIDECAR_BATCH_MAX_PADDING", _float_in(0.0, 1.0), None),
-            queue_max=env.get("SIDECAR_QUEUE_MAX", _int_in(1, 1 << 20), 512),
+            queue_max=(queue_max := env.get("SIDECAR_QUEUE_MAX", _int_in(1, 1 << 20), 512)),
             request_timeout_ms=env.get("SIDECAR_REQUEST_TIMEOUT_MS", _int_in(1, 3_600_000), 30000),
             max_input_tokens=env.get("SIDECAR_MAX_INPUT_TOKENS", _int_in(2, 1 << 20), None),
-            max_client_batch=env.get("SIDECAR_MAX_CLIENT_BATCH", _int_in(1, 1 << 16), 256),
+            # Unset, it follows a lower queue limit: only limits the user set can contradict.
+            max_client_batch=env.get(
+                "SIDECAR_MAX_CLIENT_BATCH", _int_in(1, 1 << 16), min(256, queue_max)
+            ),
             max_body_bytes=env.get("SIDECAR_MAX_BODY_BYTES", _int_in(1024, 1 << 31), 8 << 20),
+            keepalive_timeout_s=env.get(
+                "SIDECAR_KEEPALIVE_TIMEOUT_S", _float_in(0.1, 3600.0), 15.0
+            ),
+            max_connections=env.get("SIDECAR_MAX_CONNECTIONS", _int_in(1, 1 << 20), 1024),
             host=env.get("SIDECAR_HOST", _nonempty, "127.0.0.1"),
             port=env.get("SIDECAR_PORT", _int_in(0, 65535), 8080),
             uds=env.get("SIDECAR_UDS", _socket_path, None),
@@ -242,6 +251,8 @@ class Settings:
         """The effective settings as served at /v1/info, secrets redacted."""
         values = dataclasses.asdict(self)
         values["hf_token"] = "<redacted>" if self.hf_token else None
+        # Where the secret lives is nobody's business over the API either.
+        values["auth_token_file"] = "<redacted>" if self.auth_token_file else None
         values["uds_mode"] = oct(self.uds_mode)
         values["model_sha256"] = self.model_sha256.text if self.model_sha256 else None
         return values

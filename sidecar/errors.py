@@ -7,10 +7,15 @@
           ├── InvalidInputError          400 invalid_input
           │    ├── InvalidJsonError      400 invalid_json
           │    └── UnsupportedTaskError  400 unsupported_task
+          ├── MalformedRequestError      400 bad_request (HTTP framing: request line, headers, body)
+          │    ├── UriTooLongError       414 uri_too_long
+          │    └── HeadersTooLargeError  431 headers_too_large
           ├── UnauthorizedError          401 unauthorized
           ├── ModelNotFoundError         404 model_not_found
+          ├── RequestTimeoutError        408 request_timeout (the body did not arrive in time)
           ├── PayloadTooLargeError       413 payload_too_large
           │    └── TooManyInputsError    413 too_many_inputs
+          ├── UnsupportedEncodingError   415 unsupported_encoding (a compressed request body)
           └── UnavailableError           503
                ├── NotReadyError         503 not_ready (loading)
                └── DrainingError         503 draining
@@ -52,6 +57,26 @@ class InvalidJsonError(InvalidInputError):
 
 class UnsupportedTaskError(InvalidInputError):
     """The route needs a task the served model does not perform."""
+
+
+class MalformedRequestError(ApiError):
+    """The request is not well-formed HTTP (request line, headers, framing or body encoding)."""
+
+
+class UriTooLongError(MalformedRequestError):
+    """The request line is longer than allowed."""
+
+
+class HeadersTooLargeError(MalformedRequestError):
+    """A header field is longer than allowed, or there are too many of them."""
+
+
+class RequestTimeoutError(ApiError):
+    """The request body did not arrive before the request's deadline."""
+
+
+class UnsupportedEncodingError(ApiError):
+    """The request body has a content coding the server does not take (it takes identity)."""
 
 
 class UnauthorizedError(ApiError):

@@ -1,9 +1,14 @@
-"""The one table from errors to replies, and the middleware that renders it on every request.
+"""The one table from errors to replies, the middleware that renders it, and request accounting.
 
 Every error a request can meet, of any layer, has a row: its status, its code, the message shown
-(the error's own text unless the row gives a fixed one) and a `Retry-After` hint (errors that
-carry `retry_after_s` give their own). `reply_for` walks an exception's MRO to find its row;
-anything without one is a 500 whose message says nothing of the inside.
+(the error's own text unless the row gives a fixed one), a `Retry-After` hint (errors that carry
+`retry_after_s` give their own) and headers the status calls for. `reply_for` walks an exception's
+MRO to find its row; anything without one is a 500 whose message says nothing of the inside.
+
+Errors met before the middleware runs (malformed HTTP, an unknown `Expect`) are rendered from the
+same table by `sidecar.transport`. Every response written, the middleware's or the transport's, is
+counted once by `AccessLog` (metrics and one access-log line); a request whose client went away
+is counted as 499, whether it was still running or its answer could not be written.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Middleware
 
 from batching import (
@@ -30,14 +36,19 @@ from sidecar.api.keys import ARRIVED_AT, REQUEST_ID
 from sidecar.api.wire import Handler, json_response
 from sidecar.errors import (
     DrainingError,
+    HeadersTooLargeError,
     InvalidInputError,
     InvalidJsonError,
+    MalformedRequestError,
     ModelNotFoundError,
     NotReadyError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     TooManyInputsError,
     UnauthorizedError,
+    UnsupportedEncodingError,
     UnsupportedTaskError,
+    UriTooLongError,
 )
 from sidecar.metrics import Metrics
 from sidecar.models import InputError, InputTooLongError, WrongInputsError
@@ -54,6 +65,8 @@ class Reply:
     code: str
     message: str | None = None  # shown instead of the error's own text
     retry_after_s: float | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    close: bool = False  # the connection cannot carry another request
 
 
 ERRORS: dict[type[BaseException], Reply] = {
@@ -64,14 +77,25 @@ ERRORS: dict[type[BaseException], Reply] = {
     WrongInputsError: Reply(400, "unsupported_task"),
     InvalidInputError: Reply(400, "invalid_input"),
     InputError: Reply(400, "invalid_input"),
-    UnauthorizedError: Reply(401, "unauthorized"),
+    MalformedRequestError: Reply(400, "bad_request", close=True),
+    web.RequestPayloadError: Reply(400, "bad_request", "the request body is malformed", close=True),
+    UnauthorizedError: Reply(401, "unauthorized", headers=(("WWW-Authenticate", "Bearer"),)),
     ModelNotFoundError: Reply(404, "model_not_found"),
     web.HTTPNotFound: Reply(404, "not_found", "no such route"),
     web.HTTPMethodNotAllowed: Reply(405, "method_not_allowed", "method not allowed on this route"),
+    RequestTimeoutError: Reply(408, "request_timeout", close=True),
     TooManyInputsError: Reply(413, "too_many_inputs"),
-    PayloadTooLargeError: Reply(413, "payload_too_large"),
+    PayloadTooLargeError: Reply(413, "payload_too_large", close=True),
     web.HTTPRequestEntityTooLarge: Reply(413, "payload_too_large", "request body too large"),
+    UriTooLongError: Reply(414, "uri_too_long", close=True),
+    UnsupportedEncodingError: Reply(
+        415, "unsupported_encoding", headers=(("Accept-Encoding", "identity"),), close=True
+    ),
+    web.HTTPExpectationFailed: Reply(
+        417, "expectation_failed", "only 'Expect: 100-continue' is supported"
+    ),
     QueueFullError: Reply(429, "queue_full"),
+    HeadersTooLargeError: Reply(431, "headers_too_large", close=True),
     NotReadyError: Reply(503, "not_ready", retry_after_s=5),
     DrainingError: Reply(503, "draining", retry_after_s=1),
     BatcherClosedError: Reply(503, "draining", "the server is draining", retry_after_s=1),
@@ -80,10 +104,14 @@ ERRORS: dict[type[BaseException], Reply] = {
     web.HTTPClientError: Reply(400, "bad_request", "bad request"),
 }
 INTERNAL = Reply(500, "internal_error", "internal error")
+# Headers of aiohttp's own HTTP errors that belong in the reply (405 must name what is allowed).
+_KEPT_HEADERS = ("Allow",)
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _REJECT_REASON = {400: "invalid", 413: "too_large"}
-_CLIENT_GONE = 499  # nginx's convention for a client that closed the connection
+CLIENT_GONE = 499  # nginx's convention for a client that closed the connection
+ROUTE: web.RequestKey[str] = web.RequestKey("route", str)
+UNMATCHED = "unmatched"  # the route label of requests that match no route (bounded labels)
 
 
 def reply_for(exc: BaseException) -> tuple[Reply, str, int | None]:
@@ -97,56 +125,88 @@ def reply_for(exc: BaseException) -> tuple[Reply, str, int | None]:
     return INTERNAL, INTERNAL.message or "", None
 
 
+def request_id(request: web.BaseRequest) -> str:
+    """The request's id: the client's `X-Request-Id` if it is sane, else a new one (kept)."""
+    known = request.get(REQUEST_ID)
+    if known is not None:
+        return str(known)
+    given = request.headers.get("X-Request-Id", "")
+    assigned = given if _CLIENT_REQUEST_ID.match(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = assigned
+    return assigned
+
+
+def error_response(exc: BaseException, rid: str, metrics: Metrics | None = None) -> web.Response:
+    """The documented error shape for `exc`, logged as its status calls for (5xx: the stack)."""
+    row, message, retry_after = reply_for(exc)
+    if row.status >= 500:
+        logger.error("request %s failed", rid, exc_info=exc, extra={"request_id": rid})
+    else:
+        logger.debug("request %s: %s %s", rid, row.status, message, extra={"request_id": rid})
+        if metrics is not None and (reason := _REJECT_REASON.get(row.status)):
+            metrics.on_reject(reason, 1)
+    response = json_response(
+        {"error": {"code": row.code, "message": message, "request_id": rid}}, status=row.status
+    )
+    for name, value in row.headers:
+        response.headers[name] = value
+    if isinstance(exc, web.HTTPException):
+        for name in _KEPT_HEADERS:
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    if row.close:
+        response.force_close()
+    response.headers["X-Request-Id"] = rid
+    return response
+
+
 def errors_and_accounting(metrics: Metrics) -> Middleware:
-    """Request id, the JSON error shape, metrics and one access-log line per request."""
+    """Request id, the JSON error shape, and the 499 of a request whose client went away."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         arrived = time.monotonic()
-        given = request.headers.get("X-Request-Id", "")
-        request_id = given if _CLIENT_REQUEST_ID.match(given) else uuid.uuid4().hex
-        request[REQUEST_ID] = request_id
+        rid = request_id(request)
         request[ARRIVED_AT] = arrived
         resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
+        request[ROUTE] = resource.canonical if resource is not None else UNMATCHED
         try:
             response = await handler(request)
         except asyncio.CancelledError:
-            _account(metrics, request, route, _CLIENT_GONE, arrived, request_id)
+            # Nothing is written for it, so the access log never sees it: counted here.
+            account(metrics, request, CLIENT_GONE, time.monotonic() - arrived)
             raise
         except Exception as exc:
-            row, message, retry_after = reply_for(exc)
-            if row.status >= 500:
-                logger.exception("request %s failed", request_id, extra={"request_id": request_id})
-            else:
-                logger.debug("request %s: %s %s", request_id, row.status, message)
-                if reason := _REJECT_REASON.get(row.status):
-                    metrics.on_reject(reason, 1)
-            response = json_response(
-                {"error": {"code": row.code, "message": message, "request_id": request_id}},
-                status=row.status,
-            )
-            if retry_after is not None:
-                response.headers["Retry-After"] = str(retry_after)
-            if row.status == 401:
-                response.headers["WWW-Authenticate"] = "Bearer"
-        response.headers["X-Request-Id"] = request_id
-        _account(metrics, request, route, response.status, arrived, request_id)
+            return error_response(exc, rid, metrics)
+        response.headers["X-Request-Id"] = rid
         return response
 
     return middleware
 
 
-def _account(
-    metrics: Metrics, request: web.Request, route: str, status: int, arrived: float, request_id: str
-) -> None:
-    elapsed = time.monotonic() - arrived
-    metrics.observe_request(route, status, elapsed)
+def access_log_class(metrics: Metrics) -> type[AbstractAccessLogger]:
+    """The access logger of a runner: every response written is counted and logged once."""
+
+    class AccessLog(AbstractAccessLogger):
+        def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+            transport = request.transport
+            gone = transport is None or transport.is_closing()  # the answer was not delivered
+            account(metrics, request, CLIENT_GONE if gone else response.status, time)
+
+    return AccessLog
+
+
+def account(metrics: Metrics, request: web.BaseRequest, status: int, elapsed_s: float) -> None:
+    """Count one request in the metrics and write its access-log line."""
+    route = request.get(ROUTE, UNMATCHED)
+    metrics.observe_request(route, status, elapsed_s)
     access_logger.info(
         "%s %s %d %.2fms",
         request.method,
         route,
         status,
-        elapsed * 1000.0,
-        extra={"request_id": request_id},
+        elapsed_s * 1000.0,
+        extra={"request_id": request_id(request)},
     )

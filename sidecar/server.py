@@ -15,11 +15,21 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar.app import build_api_app, build_health_app
+from sidecar.auth import BearerToken
 from sidecar.config import Settings
 from sidecar.errors import StartupError
+from sidecar.health_port import HEALTH_LIMITS, HealthPort
 from sidecar.metrics import Metrics
 from sidecar.serving import Phase, Service
 from sidecar.timeline import Timeline
+from sidecar.transport import (
+    RESERVED_FDS,
+    Limits,
+    Runner,
+    connection_budget,
+    raise_fd_limit,
+    start_tcp_site,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +37,12 @@ logger = logging.getLogger(__name__)
 class Server:
     """The listeners, the service behind them, and its metrics.
 
-    One runner serves the inference API on loopback TCP and the Unix socket; a second serves
-    health and metrics on the health port.
+    One runner serves the inference API on loopback TCP and the Unix socket, on the main event
+    loop; the health port runs on a loop and thread of its own (`HealthPort`).
 
     Args:
         settings: the process's settings.
-        auth_token: the bearer token inference routes require, if any.
+        auth: the bearer token the API listeners require, if any (its file is watched).
         timeline: start-up marks, from process start.
         sockets: listening TCP sockets already bound, by listener (`tcp`, `health`), served
             instead of binding `SIDECAR_PORT` / `SIDECAR_HEALTH_PORT`: tests bind port 0 and pass
@@ -43,7 +53,7 @@ class Server:
         self,
         settings: Settings,
         *,
-        auth_token: str | None = None,
+        auth: BearerToken | None = None,
         timeline: Timeline | None = None,
         sockets: Mapping[str, socket.socket] | None = None,
     ) -> None:
@@ -52,19 +62,30 @@ class Server:
         self.metrics = Metrics()
         self.service = Service(settings, observer=self.metrics)
         self.metrics.watch(self.service)
-        self._auth_token = auth_token
+        self._auth = auth
         self._sockets = dict(sockets or {})
         self._runners: list[web.AppRunner] = []
+        self._health: HealthPort | None = None
+        self._watching: asyncio.Task[None] | None = None
         self._bound_socket: Path | None = None
         self.addresses: dict[str, object] = {}
 
     async def start(self) -> None:
         """Bind every listener; readiness stays off until `load` finishes."""
         settings = self.settings
-        api_app = build_api_app(self.service, self.metrics, self.timeline, self._auth_token)
-        api = await self._runner(api_app, shutdown_timeout_s=5.0)
+        api_app = build_api_app(self.service, self.metrics, self.timeline, self._auth)
+        reserved = RESERVED_FDS + (HEALTH_LIMITS.max_connections if settings.health_port else 0)
+        limits = Limits(
+            keepalive_timeout_s=settings.keepalive_timeout_s,
+            max_connections=connection_budget(settings.max_connections, reserved),
+        )
+        api = Runner(api_app, metrics=self.metrics, limits=limits, shutdown_timeout_s=5.0)
+        await api.setup()
+        self._runners.append(api)
         if settings.port:
-            self.addresses["tcp"] = await self._tcp_site("tcp", api, settings.host, settings.port)
+            self.addresses["tcp"] = await start_tcp_site(
+                api, settings.host, settings.port, self._sockets.get("tcp")
+            )
         if settings.uds:
             _replace_stale_socket(Path(settings.uds))
             await web.UnixSite(api, settings.uds).start()
@@ -73,40 +94,18 @@ class Server:
             self.addresses["uds"] = settings.uds
         if settings.health_port:
             health_app = build_health_app(self.service, self.metrics, self.timeline)
-            health = await self._runner(health_app, shutdown_timeout_s=1.0)
-            self.addresses["health"] = await self._tcp_site(
-                "health", health, settings.health_host, settings.health_port
+            self._health = HealthPort(
+                health_app,
+                self.metrics,
+                host=settings.health_host,
+                port=settings.health_port,
+                sock=self._sockets.get("health"),
             )
+            self.addresses["health"] = await self._health.start()
+        if self._auth is not None:
+            self._watching = asyncio.create_task(self._auth.watch(), name="watch-token")
         self.timeline.mark("bind")
         logger.info("listening: %s", self.addresses)
-
-    async def _tcp_site(
-        self, listener: str, runner: web.AppRunner, host: str, port: int
-    ) -> tuple[str, int]:
-        given = self._sockets.get(listener)
-        site: web.BaseSite = (
-            web.SockSite(runner, given)
-            if given is not None
-            else web.TCPSite(runner, host, port, reuse_address=True)
-        )
-        await site.start()
-        server = site._server
-        assert server is not None and isinstance(server, asyncio.Server)
-        bound_host, bound_port = server.sockets[0].getsockname()[:2]
-        return str(bound_host), int(bound_port)
-
-    async def _runner(self, app: web.Application, *, shutdown_timeout_s: float) -> web.AppRunner:
-        # handler_cancellation: a client that disconnects cancels its handler, so its queued
-        # items are dropped before they reach the model.
-        runner = web.AppRunner(
-            app,
-            handler_cancellation=True,
-            access_log=None,
-            shutdown_timeout=shutdown_timeout_s,
-        )
-        await runner.setup()
-        self._runners.append(runner)
-        return runner
 
     async def load(self) -> None:
         """Load and warm the model; readiness turns on when it is done."""
@@ -122,6 +121,13 @@ class Server:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        if self._health is not None:
+            await self._health.stop()
+            self._health = None
+        if self._watching is not None:
+            self._watching.cancel()
+            await asyncio.gather(self._watching, return_exceptions=True)
+            self._watching = None
         if self._bound_socket is not None:
             # Only the socket this process bound: never a file it refused to replace.
             with contextlib.suppress(FileNotFoundError):
@@ -131,11 +137,12 @@ class Server:
 
 
 async def serve(
-    settings: Settings, *, auth_token: str | None = None, timeline: Timeline | None = None
+    settings: Settings, *, auth: BearerToken | None = None, timeline: Timeline | None = None
 ) -> int:
     """Run until SIGTERM/SIGINT; the exit code: 0 after a drain, 1 when start-up failed."""
     logger.info("settings: %s", settings.public())
-    server = Server(settings, auth_token=auth_token, timeline=timeline)
+    raise_fd_limit()
+    server = Server(settings, auth=auth, timeline=timeline)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

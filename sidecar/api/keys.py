@@ -22,6 +22,5 @@ class Exposition(Protocol):
 SERVICE: web.AppKey[Service] = web.AppKey("service")
 METRICS: web.AppKey[Exposition] = web.AppKey("metrics")
 TIMELINE: web.AppKey[Timeline] = web.AppKey("timeline")
-AUTH_TOKEN: web.AppKey[str | None] = web.AppKey("auth_token", str)
 ARRIVED_AT: web.RequestKey[float] = web.RequestKey("arrived_at", float)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

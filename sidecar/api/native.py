@@ -42,8 +42,8 @@ class PredictRequest:
         """Check a predict body: `{"inputs": [...], "parameters": {...}}`."""
         wire.refuse_unknown(data, _PREDICT_KEYS, "field")
         texts = wire.texts(wire.required(data, "inputs"), "inputs", max_inputs, allow_objects=True)
-        parameters = data.get("parameters") or {}
-        if not isinstance(parameters, dict):
+        parameters = data.get("parameters", {})
+        if not isinstance(parameters, dict):  # [], "", 0, false and null alike
             raise InvalidInputError("'parameters' must be an object")
         wire.refuse_unknown(parameters, _PARAMETERS, "parameter")
         return cls(

