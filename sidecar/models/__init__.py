@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from sidecar.models.errors import InputError, InputTooLongError, ModelLoadError, WrongInputsError
 from sidecar.models.interface import (
+    MAX_CHARS_PER_TOKEN,
     Classification,
     Classifications,
     Embeddings,
@@ -33,6 +34,7 @@ from sidecar.models.interface import (
 )
 
 __all__ = [
+    "MAX_CHARS_PER_TOKEN",
     "Classification",
     "Classifications",
     "Embeddings",

@@ -23,6 +23,7 @@ from sidecar.models.bert import MODEL_TYPES, BertConfig, BertEncoder, build_enco
 from sidecar.models.device import OnTorchDevice, device_uuid, dtype_name
 from sidecar.models.errors import InputTooLongError, ModelLoadError, WrongInputsError
 from sidecar.models.interface import (
+    MAX_CHARS_PER_TOKEN,
     Family,
     Inputs,
     LoadOptions,
@@ -38,7 +39,7 @@ from sidecar.models.snapshot import (
     read_json,
     sentence_transformers_spec,
 )
-from sidecar.models.tokens import Batch, TextTokenizer, collate
+from sidecar.models.tokens import ENCODE_RUN_CHARS, Batch, TextTokenizer, collate, cut_text, runs
 
 logger = logging.getLogger(__name__)
 
@@ -93,24 +94,40 @@ class CrossEncoder(OnTorchDevice):
         )
 
     def prepare(self, inputs: Inputs) -> Prepared[Pair]:
-        """Tokenize each (query, document) pair; refuse or truncate pairs over the limit."""
+        """Refuse pairs over the character cap (`MAX_CHARS_PER_TOKEN`) or cut each side to it,
+        tokenize them a run at a time, then refuse or truncate pairs over the token limit."""
         if not isinstance(inputs, PairInputs):
             raise WrongInputsError("this model serves 'rerank': it takes a query and documents")
-        pairs = self._tokenizer.encode_pairs(inputs.query, inputs.documents)
         limit = self.max_input_tokens
-        long = [index for index, (ids, _) in enumerate(pairs) if len(ids) > limit]
-        if long and not inputs.truncate:
-            index = long[0]
-            raise InputTooLongError(
-                f"document {index} with the query has {len(pairs[index][0])} tokens, more than "
-                f"the limit of {limit}; set truncate to true to cut it to the limit"
-            )
-        if long:
-            cut = self._tokenizer.encode_pairs(
-                inputs.query, [inputs.documents[i] for i in long], truncate=True
-            )
-            for index, pair in zip(long, cut, strict=True):
-                pairs[index] = pair
+        max_chars = limit * MAX_CHARS_PER_TOKEN
+        query, documents = inputs.query, list(inputs.documents)
+        if inputs.truncate:  # longest-first truncation keeps at most `limit` tokens of a side
+            query = cut_text(query, max_chars)
+            documents = [cut_text(document, max_chars) for document in documents]
+        else:
+            for index, document in enumerate(documents):
+                if len(query) + len(document) > max_chars:
+                    raise InputTooLongError(
+                        f"document {index} with the query has {len(query) + len(document)} "
+                        f"characters, more than the {max_chars} taken for a limit of {limit} "
+                        "tokens; set truncate to true to cut it"
+                    )
+        pairs: list[Pair] = []
+        for run in runs([len(query) + len(document) for document in documents], ENCODE_RUN_CHARS):
+            chunk = documents[run.start : run.stop]
+            encoded = self._tokenizer.encode_pairs(query, chunk)
+            long = [i for i, (ids, _) in enumerate(encoded) if len(ids) > limit]
+            if long and not inputs.truncate:
+                raise InputTooLongError(
+                    f"document {run.start + long[0]} with the query has "
+                    f"{len(encoded[long[0]][0])} tokens, more than the limit of {limit}; set "
+                    "truncate to true to cut it to the limit"
+                )
+            if long:
+                cut = self._tokenizer.encode_pairs(query, [chunk[i] for i in long], truncate=True)
+                for i, pair in zip(long, cut, strict=True):
+                    encoded[i] = pair
+            pairs.extend(encoded)
         return Prepared(pairs, [len(ids) for ids, _ in pairs])
 
     def collate(self, pairs: Sequence[Pair]) -> Batch:

@@ -29,6 +29,13 @@ ItemT = TypeVar("ItemT")
 BatchT = TypeVar("BatchT")
 OutputT = TypeVar("OutputT")
 
+# A text may have this many characters per token of the model's input limit before it is
+# tokenized: longer, it is refused, or cut there when truncation is asked, unseen by the tokenizer
+# (TEI caps characters at a multiple of its max input length too). A request's tokenizing time and
+# memory then follow its input count and the limit, not its bytes: tokenizing takes up to ~650
+# bytes and 5 us a character when every character is a token. English runs 4-5 characters a token.
+MAX_CHARS_PER_TOKEN = 16
+
 
 # -- inputs -------------------------------------------------------------------------------------
 
@@ -51,6 +58,10 @@ class TextInputs:
     def num_chars(self) -> int:
         return sum(map(len, self.texts))
 
+    def num_chars_within(self, max_chars: int) -> int:
+        """Characters the tokenizer sees at most, each text cut at `max_chars`."""
+        return sum(min(len(text), max_chars) for text in self.texts)
+
 
 @dataclass(frozen=True)
 class PairInputs:
@@ -71,6 +82,11 @@ class PairInputs:
     @property
     def num_chars(self) -> int:
         return len(self.query) * len(self.documents) + sum(map(len, self.documents))
+
+    def num_chars_within(self, max_chars: int) -> int:
+        """Characters the tokenizer sees at most, the query and each document cut at `max_chars`."""
+        query = min(len(self.query), max_chars)
+        return sum(query + min(len(document), max_chars) for document in self.documents)
 
 
 Inputs = TextInputs | PairInputs

@@ -22,6 +22,7 @@ from sidecar.models.bert import MODEL_TYPES, BertConfig, BertEncoder, build_enco
 from sidecar.models.device import OnTorchDevice, device_uuid, dtype_name
 from sidecar.models.errors import InputTooLongError, ModelLoadError, WrongInputsError
 from sidecar.models.interface import (
+    MAX_CHARS_PER_TOKEN,
     Classification,
     Classifications,
     Embeddings,
@@ -42,7 +43,7 @@ from sidecar.models.snapshot import (
     read_json,
     sentence_transformers_spec,
 )
-from sidecar.models.tokens import Batch, TextTokenizer, collate
+from sidecar.models.tokens import ENCODE_RUN_CHARS, Batch, TextTokenizer, collate, cut_text, runs
 
 logger = logging.getLogger(__name__)
 
@@ -117,19 +118,32 @@ class TextModel(OnTorchDevice):
         return self._tokenizer.truncate(ids, max_tokens)
 
     def prepare(self, inputs: Inputs) -> Prepared[list[int]]:
-        """Tokenize, then refuse or truncate inputs over `max_input_tokens`."""
+        """Refuse or cut texts over the character cap (`MAX_CHARS_PER_TOKEN`), tokenize them a
+        run at a time, then refuse or truncate inputs over `max_input_tokens`."""
         if not isinstance(inputs, TextInputs):
             raise WrongInputsError(f"this model serves '{self.task}': it takes texts, not pairs")
-        ids = self.tokenize(inputs.texts)
         limit = self.max_input_tokens
-        for index, seq in enumerate(ids):
-            if len(seq) > limit:
+        max_chars = limit * MAX_CHARS_PER_TOKEN
+        texts = list(inputs.texts)
+        for index, text in enumerate(texts):
+            if len(text) > max_chars:
                 if not inputs.truncate:
                     raise InputTooLongError(
-                        f"input {index} has {len(seq)} tokens, more than the limit of {limit}; "
-                        "set truncate to true to cut it to the limit"
+                        f"input {index} has {len(text)} characters, more than the {max_chars} "
+                        f"taken for a limit of {limit} tokens; set truncate to true to cut it"
                     )
-                ids[index] = self.truncate(seq, limit)
+                texts[index] = cut_text(text, max_chars)
+        ids: list[list[int]] = []
+        for run in runs([len(text) for text in texts], ENCODE_RUN_CHARS):
+            for index, seq in zip(run, self.tokenize(texts[run.start : run.stop]), strict=True):
+                if len(seq) > limit:
+                    if not inputs.truncate:
+                        raise InputTooLongError(
+                            f"input {index} has {len(seq)} tokens, more than the limit of "
+                            f"{limit}; set truncate to true to cut it to the limit"
+                        )
+                    seq = self.truncate(seq, limit)
+                ids.append(seq)
         return Prepared(ids, [len(seq) for seq in ids])
 
     def collate(self, seqs: Sequence[Sequence[int]]) -> Batch:

@@ -8,7 +8,7 @@ the device can overlap with the previous forward pass.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +94,34 @@ class TextTokenizer:
         ids = self.truncate(self.encode([" ".join(["warmup"] * length)])[0], length)
         head = self.num_specials - self._num_suffix
         return ids, [*ids[: head + 1], *ids[len(ids) - self._num_suffix :]]
+
+
+# Characters one tokenizer call takes at most: its transient memory follows its characters (up to
+# ~650 bytes a character when each is a token, as punctuation is), so a request is tokenized in
+# runs of texts of about this many characters, each run's encodings let go before the next.
+ENCODE_RUN_CHARS = 32768
+
+
+def cut_text(text: str, max_chars: int) -> str:
+    """`text` cut to at most `max_chars` characters, at a whitespace near the end when there is
+    one, so that the words kept tokenize as they do in the whole text."""
+    if len(text) <= max_chars:
+        return text
+    low = max(0, max_chars - 256)
+    space = max(text.rfind(c, low, max_chars + 1) for c in " \n\t")
+    return text[: space if space > 0 else max_chars]
+
+
+def runs(sizes: Sequence[int], max_size: int) -> Iterator[range]:
+    """Consecutive index ranges whose sizes add up to at most `max_size` (a larger one alone)."""
+    start, total = 0, 0
+    for index, size in enumerate(sizes):
+        if index > start and total + size > max_size:
+            yield range(start, index)
+            start, total = index, 0
+        total += size
+    if start < len(sizes):
+        yield range(start, len(sizes))
 
 
 def collate(

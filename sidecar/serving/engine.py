@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from batching import BatchConfig, Batcher, BatchObserver
+from batching import BatchConfig, Batcher, BatchObserver, DeadlineExceededError
 from sidecar.config import CPU_MAX_SIZE, CUDA_MAX_SIZE, Settings
-from sidecar.models import Inputs, Model, ModelCard, Result
+from sidecar.models import MAX_CHARS_PER_TOKEN, Inputs, Model, ModelCard, Prepared, Result
 
 logger = logging.getLogger(__name__)
 
@@ -96,17 +97,30 @@ class Engine:
             InputError: the model refuses the inputs (sidecar.models).
             BatchingError: the queue is full, the deadline passed, the batcher stopped (batching).
         """
-        if inputs.num_chars <= INLINE_PREPARE_CHARS:
+        max_chars = self.card.max_input_tokens * MAX_CHARS_PER_TOKEN
+        if inputs.num_chars_within(max_chars) <= INLINE_PREPARE_CHARS:
             prepared = self.model.prepare(inputs)
         else:
-            loop = asyncio.get_running_loop()
-            prepared = await loop.run_in_executor(
-                self._prepare_executor, self.model.prepare, inputs
-            )
+            prepared = await self._prepare_off_loop(inputs, deadline)
         outputs: Sequence[Any] = await self.batcher.submit(
             prepared.items, prepared.costs, deadline=deadline
         )
         return Inference(self.model.finish(outputs, inputs), prepared.num_tokens)
+
+    async def _prepare_off_loop(self, inputs: Inputs, deadline: float | None) -> Prepared[Any]:
+        """`model.prepare` on the preparation thread, waited for no later than the deadline.
+
+        Past it, the request gets its 504 at once; if its turn has not come, it never runs.
+        """
+        loop = asyncio.get_running_loop()
+        pending = loop.run_in_executor(self._prepare_executor, self.model.prepare, inputs)
+        try:
+            async with asyncio.timeout(None if deadline is None else deadline - time.monotonic()):
+                return await pending
+        except TimeoutError:
+            raise DeadlineExceededError(
+                "the deadline passed while the inputs waited to be tokenized"
+            ) from None
 
     def _forward(self, batch: Any) -> Sequence[Any]:
         return list(self.model.forward(batch))
