@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint typecheck install-serve install-test bench clean image image-cuda
+.PHONY: serve test lint typecheck install-serve install-test bench clean image image-cuda \
+	gpu-check gpu-check-prepare
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,21 @@ lint: install-test
 
 typecheck: install-test
 	$(BIN)/mypy --strict sidecar batching loaders
+
+## gpu-check: the device check (benchmarks/gpu_check.py): one JSON and a summary in $(GPU_CHECK_OUT);
+## without CUDA, a dry run on the CPU. GPU_CHECK_ARGS: e.g. --dry-run, --require-cuda, --only serve
+## gpu-check-prepare: wheels the GPU machine lacks and the demo's tokenizer into .gpu/ (git-ignored)
+# The GPU machine has no .venv (it does not travel): its python3 holds torch. No install step:
+# nothing can be fetched there.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_CHECK_OUT ?= $(or $(OUT),/tmp/gpu-check/out)
+GPU_CHECK_ARGS ?=
+
+gpu-check:
+	PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m benchmarks.gpu_check --out "$(GPU_CHECK_OUT)" $(GPU_CHECK_ARGS)
+
+gpu-check-prepare: install-test
+	$(BIN)/python -m benchmarks.gpu_check --prepare
 
 ## image: build the CPU image (IMAGE=sidecar:cpu); works with no container registry and offline pip
 ## image-cuda: build the CUDA image (IMAGE=sidecar:cuda); run it with the NVIDIA container runtime
