@@ -113,7 +113,8 @@ def install(wheels: Path, site: Path, *, cross: bool) -> dict[str, Any]:
         wheels: the folder of wheels `prepare` filled.
         site: the target folder (put first on the path to use it).
         cross: install for the GPU machine's Python and platform rather than this interpreter's
-            (the dry run: it checks the wheels install there, without using them here).
+            (where this Python is another version: it checks that the wheels install there,
+            without using them here).
     """
     files = sorted(str(path) for path in wheels.glob("*.whl"))
     if not files:

@@ -274,10 +274,11 @@ def check(args: argparse.Namespace) -> int:
 
 
 def _install_wheels(args: argparse.Namespace) -> dict[str, Any]:
-    """Install the carried wheels for use where this Python is the GPU machine's; elsewhere
-    (or in the dry run) test-install them for it into the work folder, unused."""
+    """Install the carried wheels for use where this Python is the GPU machine's version (there,
+    or a rehearsal of it on a CPU); elsewhere test-install them for it into the work folder."""
     wheels = ROOT / ".gpu" / "wheels"
-    use = not args.dry_run and sys.version_info[:2] == (3, 12)
+    target = tuple(int(part) for part in gpu_carry.TARGET_PYTHON.split("."))
+    use = sys.version_info[:2] == target
     site = args.site if use else args.work / "site-check"
     report = gpu_carry.install(wheels, site, cross=not use)
     if use and report.get("exit_code") == 0:

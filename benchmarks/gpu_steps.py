@@ -193,7 +193,7 @@ def load(ctx: Context) -> None:
             _release(ctx.device)
             loaded[name], seconds = _timed(loader, device=ctx.device)
             times[name].append(seconds)
-            ctx.put("seconds", times)
+            ctx.put("load_seconds", times)
     gbps = {name: data_bytes / statistics.median(runs) / 1e9 for name, runs in times.items()}
     ctx.put("data_bytes", data_bytes)
     ctx.put("cat_warm_gbps", round(sum(f.stat().st_size for f in files) / cat_s / 1e9, 2))
