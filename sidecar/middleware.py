@@ -137,11 +137,14 @@ def request_id(request: web.BaseRequest) -> str:
 
 
 def error_response(exc: BaseException, rid: str, metrics: Metrics | None = None) -> web.Response:
-    """The documented error shape for `exc`, logged as its status calls for (5xx: the stack)."""
+    """The documented error shape for `exc`; only an internal error logs its stack."""
     row, message, retry_after = reply_for(exc)
-    if row.status >= 500:
+    if row is INTERNAL:
         logger.error("request %s failed", rid, exc_info=exc, extra={"request_id": rid})
     else:
+        # Client errors, and the 5xx that are states rather than faults (loading, draining, a
+        # deadline, a dead device that /livez reports): the access line says it; a stack here
+        # would flood the log with every start-up probe.
         logger.debug("request %s: %s %s", rid, row.status, message, extra={"request_id": rid})
         if metrics is not None and (reason := _REJECT_REASON.get(row.status)):
             metrics.on_reject(reason, 1)

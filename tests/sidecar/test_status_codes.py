@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import aiohttp
@@ -319,3 +320,16 @@ async def test_livez_fails_while_a_forward_pass_overruns_the_watchdog(
     assert "limit 0.2 s" in reasons[0]
     async with s.health.get("/livez") as r:
         assert r.status == 200  # the pass ended: alive again
+
+
+async def test_expected_503s_log_no_error(
+    start_server: StartServer, tiny_embed_dir, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A kubelet probes /readyz every few seconds while the model loads: each 503 is a state,
+    # not a fault, and must not log an error with a stack.
+    s = await start_server(tiny_embed_dir, load=False)
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(3):
+            async with s.health.get("/readyz") as r:
+                assert r.status == 503
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
