@@ -257,6 +257,25 @@ async def test_cancelled_caller_items_never_reach_the_model(started) -> None:
     assert recorder.rejects == {"cancelled": 3}
 
 
+async def test_items_already_running_are_not_counted_as_dropped(started) -> None:
+    # `cancelled` and `deadline` count the items that never reached the model; a caller that
+    # leaves while its batch runs got its items computed all the same.
+    device, recorder = Device(), Recorder()
+    device.gate.clear()
+    batcher = make(device, recorder, max_size=64, window_s=0.0)
+    started(batcher)
+    await batcher.start()
+    running = asyncio.create_task(batcher.submit([1, 2], [4, 4]))
+    await wait_entered(device)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    device.gate.set()
+    assert await batcher.submit([3], [4]) == [6]
+    assert device.seen[0] == [1, 2]
+    assert recorder.rejects == {}
+
+
 async def test_poisoned_item_fails_alone(started) -> None:
     device = Device(poison=13)
     device.gate.clear()

@@ -135,3 +135,21 @@ def test_settings_that_contradict_each_other_are_refused(
 )
 def test_settings_at_the_bounds_are_accepted(environ: dict[str, str]) -> None:
     Settings.from_env(environ)
+
+
+def test_max_client_batch_follows_a_lower_queue_limit_unless_set() -> None:
+    assert Settings.from_env({}).max_client_batch == 256
+    assert Settings.from_env({"SIDECAR_QUEUE_MAX": "8"}).max_client_batch == 8
+    assert Settings.from_env({"SIDECAR_QUEUE_MAX": "1000"}).max_client_batch == 256
+    explicit = {"SIDECAR_QUEUE_MAX": "8", "SIDECAR_MAX_CLIENT_BATCH": "16"}
+    with pytest.raises(ConfigError, match=r"MAX_CLIENT_BATCH='16'.*SIDECAR_QUEUE_MAX \(8\)"):
+        Settings.from_env(explicit)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("SIDECAR_KEEPALIVE_TIMEOUT_S", "0"), ("SIDECAR_MAX_CONNECTIONS", "none")],
+)
+def test_transport_limits_are_validated(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env({variable: value})
