@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from batching.batcher import Batcher
+from batching.buckets import Buckets
 from batching.config import BatchConfig
 from batching.costs import BatchCost
 from batching.errors import (
@@ -26,6 +27,7 @@ __all__ = [
     "Batcher",
     "BatcherClosedError",
     "BatchingError",
+    "Buckets",
     "DeadlineExceededError",
     "DeviceFailedError",
     "ItemTooLargeError",

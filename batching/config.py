@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from batching.buckets import Buckets
 
 
 @dataclass(frozen=True)
@@ -14,7 +16,8 @@ class BatchConfig:
         min_size: a batch closes on the window only once it has this many items (after twice
             the window it closes regardless).
         max_size: items per batch, never exceeded.
-        max_tokens: padded tokens per batch (items x largest cost), never exceeded.
+        max_tokens: padded tokens per batch (rows x padded length, see `buckets`), never
+            exceeded.
         queue_max: queued items; a submission that would exceed it is rejected at once.
         adaptive: dispatch before the window runs out when arrivals say waiting cannot pay off.
         max_padding: the largest share of a greedily filled batch's padded tokens that may be
@@ -22,6 +25,9 @@ class BatchConfig:
             cost is unknown or a batch's floor covers `max_tokens`; the cost split prices padding
             itself (see `select_batch`). It decides which items go, not when.
         oom_cooldown_s: how long the token budget stays halved after an out-of-memory error.
+        buckets: the shapes batches are padded to (see `batching.buckets`); the batcher counts
+            padded tokens as they run, `padded_shape`, and the one who collates pads the same
+            way. Empty: each batch runs at items x its largest cost.
     """
 
     window_s: float = 0.020
@@ -32,6 +38,7 @@ class BatchConfig:
     adaptive: bool = True
     max_padding: float = 1.0
     oom_cooldown_s: float = 30.0
+    buckets: Buckets = field(default_factory=Buckets)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.window_s <= 1.0:
@@ -48,3 +55,16 @@ class BatchConfig:
             raise ValueError(f"max_padding must be within [0, 1], got {self.max_padding}")
         if self.oom_cooldown_s < 0:
             raise ValueError(f"oom_cooldown_s must be >= 0, got {self.oom_cooldown_s}")
+
+    def padded_shape(self, items: int, longest: int) -> tuple[int, int]:
+        """(rows, length) that `items` items whose largest cost is `longest` run as."""
+        return self.buckets.shape(items, longest, self.max_size, self.max_tokens)
+
+    def padded_tokens(self, items: int, longest: int) -> int:
+        """Rows x length of `padded_shape`: the tokens such a batch runs."""
+        rows, length = self.padded_shape(items, longest)
+        return rows * length
+
+    def padded_length(self, cost: int) -> int:
+        """An item's cost padded up to its length bucket."""
+        return self.buckets.length(cost, self.max_tokens)
