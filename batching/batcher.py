@@ -5,8 +5,8 @@ Callers `submit` items with a cost (token length) and a deadline; the batcher gr
 on a preparation thread while one runs), and hands each item's result or error back.
 
 When a batch closes:
-- at once when the queued items fill it: `max_size` items, or `max_tokens` padded tokens
-  (items x longest), whichever comes first. Neither bound is ever exceeded.
+- at once when the queued items fill it: `max_size` items, or `max_tokens` padded tokens (items
+  x longest, padded up to `config.buckets`), whichever comes first. Neither is ever exceeded.
 - on an idle device, when the oldest item has waited `window_s` and at least `min_size` items
   are queued, or when it has waited twice the window whatever the count (nothing waits forever).
 - on an idle device in adaptive mode, earlier, once `min_size` items are queued and the
@@ -69,8 +69,7 @@ ResultT = TypeVar("ResultT")
 
 @dataclass
 class _Dispatch:
-    # True when another batch is running: collate on the preparation thread meanwhile. On an
-    # idle device the device thread collates itself, which saves a thread hop.
+    # Another batch runs: collate on the preparation thread meanwhile (idle: on the device's).
     overlap: bool
     wait_s: float
     observe_from: float | None
@@ -86,8 +85,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         config: the batching bounds.
         observer: receives per-batch figures and rejections.
         is_oom: tells whether an exception from `run` is an out-of-memory error.
-        after_oom: runs on the device thread after an out-of-memory error, before the halves
-            are retried (e.g. `torch.cuda.empty_cache`).
+        after_oom: runs on the device thread after out-of-memory, before the halves are retried.
         is_fatal: tells whether an exception from `run` leaves the device unusable (a CUDA error
             that poisons the context): everything then fails at once with DeviceFailedError.
         run_executor: the single thread that owns the device (one is created when omitted).
@@ -159,8 +157,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         (without, they fill greedily until 8 real batches of different sizes have run).
 
         Args:
-            samples: (padded tokens, seconds) of forward passes on this device, from one short
-                item to a full batch: say two timed passes at each of six sizes.
+            samples: (padded tokens, seconds) of passes from one short item to a full batch.
         """
         self._cost.seed(samples)
 
@@ -225,8 +222,9 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             raise DeadlineExceededError("the deadline passed before the request was queued")
 
         loop = asyncio.get_running_loop()
+        padded = self.config.padded_length
         entries = [
-            Entry(item, cost, deadline, now, loop.create_future(), next(self._seq))
+            Entry(item, cost, padded(cost), deadline, now, loop.create_future(), next(self._seq))
             for item, cost in zip(items, costs, strict=True)
         ]
         self._queue.add(entries)
@@ -282,7 +280,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             return math.inf
         config, queued = self.config, len(self._queue)
         budget = self.token_budget(now)
-        might_fill = queued >= config.max_size or queued * self._queue.largest_cost() > budget
+        might_fill = queued >= config.max_size or queued * self._queue.largest_length() > budget
         # A full batch goes at once; on a busy device it is prepared while the current one runs.
         if might_fill and self._dispatch(now, budget, full_only=True):
             return 0.0
@@ -363,7 +361,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         try:
             live, results, elapsed = await self._device.call(self._run_in_thread, batch, prepared)
         except Exception as exc:
-            out_of_memory = self._device.take_failure(exc, len(batch) * max(e.cost for e in batch))
+            padded_tokens = self.config.padded_tokens(len(batch), max(e.cost for e in batch))
+            out_of_memory = self._device.take_failure(exc, padded_tokens)
             live = [e for e in batch if not e.dropped and not e.future.done()]
             if self._device.error is not None:
                 # No halving on a dead device: every retry would fail the same way.
@@ -401,7 +400,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         for entry, result in zip(live, results, strict=True):
             if not entry.future.done():
                 entry.future.set_result(result)
-        size, padded_tokens = len(live), len(live) * max(e.cost for e in live)
+        size, longest = len(live), max(e.cost for e in live)
+        padded_tokens = self.config.padded_tokens(size, longest)
         self._drain_per_s += 0.3 * (size / max(elapsed, 1e-6) - self._drain_per_s)
         self._cost.observe(padded_tokens, elapsed)
         self._observer.on_batch(

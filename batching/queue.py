@@ -25,6 +25,7 @@ class Entry(Generic[ItemT, ResultT]):
 
     item: ItemT
     cost: int
+    length: int  # the cost padded up to its length bucket: what the item takes in a batch
     deadline: float | None
     enqueued_at: float
     future: asyncio.Future[ResultT]
@@ -68,8 +69,8 @@ class ItemQueue(Generic[ItemT, ResultT]):
                 return entry
         return None
 
-    def largest_cost(self) -> int:
-        return max((e.cost for e in self._entries.values()), default=0)
+    def largest_length(self) -> int:
+        return max((e.length for e in self._entries.values()), default=0)
 
     def take(
         self,
@@ -85,7 +86,7 @@ class ItemQueue(Generic[ItemT, ResultT]):
         """Remove and return the next batch; empty when `full_only` and no full batch exists.
 
         The oldest live entry always goes, with the entries of similar length `select_batch`
-        groups with it.
+        groups with it, by their padded lengths.
         """
         live = []
         for entry in list(self._entries.values()):
@@ -96,7 +97,7 @@ class ItemQueue(Generic[ItemT, ResultT]):
         if not live:
             return []
         selection = select_batch(
-            [e.cost for e in live[: max(MAX_CANDIDATES, max_size)]],
+            [e.length for e in live[: max(MAX_CANDIDATES, max_size)]],
             max_size=max_size,
             max_tokens=max_tokens,
             max_padding=max_padding,
