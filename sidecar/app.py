@@ -8,12 +8,15 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from sidecar.api import PROTOCOLS, health, wire
-from sidecar.api.keys import METRICS, SERVICE, TIMELINE
+from sidecar.api.keys import BODY_BUDGET, METRICS, SERVICE, TIMELINE
+from sidecar.api.wire import BodyBudget
 from sidecar.auth import BearerToken, require_token
 from sidecar.metrics import Metrics
 from sidecar.middleware import errors_and_accounting
 from sidecar.serving import Service
 from sidecar.timeline import Timeline
+
+BODY_BUDGET_BODIES = 8
 
 
 def build_api_app(
@@ -45,6 +48,9 @@ def _base_app(
         client_max_size=service.settings.max_body_bytes,
     )
     app[SERVICE] = service
+    # Eight bodies of the largest size at once; bodies are small in practice, so this bounds
+    # what a burst of large ones can hold without refusing ordinary load.
+    app[BODY_BUDGET] = BodyBudget(BODY_BUDGET_BODIES * service.settings.max_body_bytes)
     app[METRICS] = metrics
     app[TIMELINE] = timeline
     return app

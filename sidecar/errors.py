@@ -16,6 +16,7 @@
           ├── PayloadTooLargeError       413 payload_too_large
           │    └── TooManyInputsError    413 too_many_inputs
           ├── UnsupportedEncodingError   415 unsupported_encoding (a compressed request body)
+          ├── BusyError                  429 server_busy (too many request body bytes held at once)
           └── UnavailableError           503
                ├── NotReadyError         503 not_ready (loading)
                └── DrainingError         503 draining
@@ -77,6 +78,10 @@ class RequestTimeoutError(ApiError):
 
 class UnsupportedEncodingError(ApiError):
     """The request body has a content coding the server does not take (it takes identity)."""
+
+
+class BusyError(ApiError):
+    """The request bodies held at once would pass their budget; the client may retry shortly."""
 
 
 class UnauthorizedError(ApiError):

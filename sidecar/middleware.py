@@ -35,6 +35,7 @@ from batching import (
 from sidecar.api.keys import ARRIVED_AT, REQUEST_ID
 from sidecar.api.wire import Handler, json_response
 from sidecar.errors import (
+    BusyError,
     DrainingError,
     HeadersTooLargeError,
     InvalidInputError,
@@ -95,6 +96,7 @@ ERRORS: dict[type[BaseException], Reply] = {
         417, "expectation_failed", "only 'Expect: 100-continue' is supported"
     ),
     QueueFullError: Reply(429, "queue_full"),
+    BusyError: Reply(429, "server_busy", retry_after_s=1, close=True),
     HeadersTooLargeError: Reply(431, "headers_too_large", close=True),
     NotReadyError: Reply(503, "not_ready", retry_after_s=5),
     DrainingError: Reply(503, "draining", retry_after_s=1),

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from sidecar.api.wire import BodyBudget
     from sidecar.serving import Service
     from sidecar.timeline import Timeline
 
@@ -20,7 +21,9 @@ class Exposition(Protocol):
 
 
 SERVICE: web.AppKey[Service] = web.AppKey("service")
+BODY_BUDGET: web.AppKey[BodyBudget] = web.AppKey("body_budget")
 METRICS: web.AppKey[Exposition] = web.AppKey("metrics")
 TIMELINE: web.AppKey[Timeline] = web.AppKey("timeline")
 ARRIVED_AT: web.RequestKey[float] = web.RequestKey("arrived_at", float)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+BODY_BYTES: web.RequestKey[int] = web.RequestKey("body_bytes", int)  # charged to BODY_BUDGET

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from sidecar.api.keys import ARRIVED_AT, SERVICE
+from sidecar.api.keys import ARRIVED_AT, BODY_BUDGET, BODY_BYTES, SERVICE
 from sidecar.errors import (
+    BusyError,
     InvalidInputError,
     InvalidJsonError,
     PayloadTooLargeError,
@@ -42,8 +43,11 @@ def inference(handler: Handler) -> Handler:
     """
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        with request.app[SERVICE].admit():
-            return await handler(request)
+        try:
+            with request.app[SERVICE].admit():
+                return await handler(request)
+        finally:
+            request.app[BODY_BUDGET].release(request)
 
     guarded.__doc__ = handler.__doc__
     return guarded
@@ -103,9 +107,11 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the response proper has not started
     body = bytearray()
+    budget = request.app[BODY_BUDGET]
     try:
         async with asyncio.timeout(due - time.monotonic()):
             async for chunk in request.content.iter_any():
+                budget.charge(request, len(chunk))
                 body += chunk
                 if len(body) > max_bytes:
                     raise PayloadTooLargeError(
@@ -114,6 +120,32 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     except TimeoutError:
         raise RequestTimeoutError("the request body did not arrive before the deadline") from None
     return parse_json(body)
+
+
+class BodyBudget:
+    """The request body bytes the API holds at once, all requests together.
+
+    A request is charged for its body as it arrives (a slow one holds only what it sent) and
+    released when its route's handler ends (`inference`); a chunk that would take the total past
+    `max_bytes` gets the request a 429 `server_busy`, so that many large bodies at once cannot
+    take the process's memory with them.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0
+
+    def charge(self, request: web.Request, num_bytes: int) -> None:
+        if self.held + num_bytes > self.max_bytes:
+            raise BusyError(
+                f"the server holds {self.held} bytes of request bodies (at most "
+                f"{self.max_bytes}); retry shortly"
+            )
+        self.held += num_bytes
+        request[BODY_BYTES] = request.get(BODY_BYTES, 0) + num_bytes
+
+    def release(self, request: web.Request) -> None:
+        self.held -= request.pop(BODY_BYTES, 0)
 
 
 async def expect(request: web.Request) -> None:

@@ -348,3 +348,32 @@ async def test_silent_sockets_cannot_take_the_health_port_down(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0, process.log_text()
+
+
+async def test_bodies_held_at_once_are_bounded(start_server: StartServer, tiny_embed_dir) -> None:
+    # 64 KiB bodies: the API holds at most eight bodies' worth (512 KiB) at once.
+    s = await start_server(tiny_embed_dir, SIDECAR_MAX_BODY_BYTES="65536")
+    port = tcp_port(s)
+    body = PREDICT + b" " * (60000 - len(PREDICT))
+    slow = []
+    for _ in range(8):  # each sends all but the end of its body, and waits
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = {"Content-Length": str(len(body) + 100), "Content-Type": "application/json"}
+        writer.write(request("POST", "/v1/predict", body, head))
+        await writer.drain()
+        slow.append(writer)
+    with HealthProbe(health_port(s)) as probe:
+        async with asyncio.timeout(5):  # until the server has read what they sent
+            while True:
+                r = await exchange(port, request("POST", "/v1/predict", body))
+                if r.status == 429:
+                    break
+                assert r.status == 200
+    assert r.error()["code"] == "server_busy" and r.headers["retry-after"] == "1"
+    probe.check(PROBE_LIMIT_MS)
+    for writer in slow:  # gone: their handlers end and release what they held
+        writer.close()
+    async with asyncio.timeout(5):
+        while (await exchange(port, request("POST", "/v1/predict", body))).status != 200:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    await assert_still_serves(s)
