@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
+from sidecar.metrics import Metrics
+from sidecar.middleware import access_log_class
 from tests.sidecar.conftest import Running, StartServer
 from tests.sidecar.test_status_codes import assert_still_serves, samples
 
@@ -78,3 +83,25 @@ async def test_400_impatient_clients_are_all_accounted_and_mostly_never_computed
     # skipped there once its client had gone.
     assert CLIENTS - 2 * 32 <= computed + cancelled <= CLIENTS
     await assert_still_serves(s)
+
+
+class _GoneTransport:
+    """An asyncio transport as it is once its peer has gone (closing)."""
+
+    def is_closing(self) -> bool:
+        return True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+def test_an_answer_that_could_not_be_delivered_counts_as_499() -> None:
+    # The race of a client that leaves after its result was computed, before the answer is
+    # written: aiohttp still hands the response to the access log; it must count as 499.
+    metrics = Metrics()
+    access_log = access_log_class(metrics)(logging.getLogger("sidecar.access"), "")
+    request = make_mocked_request("POST", "/v1/predict", transport=_GoneTransport())
+    access_log.log(request, web.Response(status=200), 0.01)
+    values = samples(metrics.render().decode())
+    assert count(values, "sidecar_requests_total", route="unmatched", code="499") == 1
+    assert count(values, "sidecar_requests_total", route="unmatched", code="200") == 0
