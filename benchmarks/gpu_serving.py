@@ -190,8 +190,8 @@ class OomWatch:
     def prepare(self, inputs: Any) -> Any:
         return self.model.prepare(inputs)
 
-    def collate(self, items: Sequence[Any]) -> Any:
-        return self.model.collate(items)
+    def collate(self, items: Sequence[Any], shape: Any = None) -> Any:
+        return self.model.collate(items, shape=shape)
 
     def forward(self, batch: Any) -> Iterable[Any]:
         import torch
@@ -210,8 +210,10 @@ class OomWatch:
     def finish(self, outputs: Sequence[Any], inputs: Any) -> Any:
         return self.model.finish(outputs, inputs)
 
-    def warmup(self, max_batch: int, max_tokens: int) -> list[tuple[int, float]]:
-        return self.model.warmup(max_batch, max_tokens)  # type: ignore[no-any-return]
+    def warmup(
+        self, max_batch: int, max_tokens: int, shapes: Any = None
+    ) -> list[tuple[int, float]]:
+        return self.model.warmup(max_batch, max_tokens, shapes)  # type: ignore[no-any-return]
 
     def is_oom(self, exc: BaseException) -> bool:
         return self.model.is_oom(exc)  # type: ignore[no-any-return]

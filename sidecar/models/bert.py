@@ -237,8 +237,8 @@ class BertEncoder(nn.Module):
         """Token states (B, T, H).
 
         Args:
-            input_ids: (B, T) int64, right-padded with pad_token_id.
-            token_type_ids: (B, T) int64.
+            input_ids: (B, T) int32 or int64, right-padded with pad_token_id.
+            token_type_ids: (B, T) int32 or int64.
             attention_mask: (B, T) bool, True on real tokens; None when nothing is padded, which
                 lets SDPA pick its fastest kernel.
         """
@@ -258,13 +258,12 @@ class BertEncoder(nn.Module):
             raise ValueError(
                 f"batch of {num_tokens} tokens exceeds the model's {self.config.max_positions}"
             )
-        # Checked on the host copy, before the transfer: no device sync.
-        padded = not bool(batch.attention_mask.all())
         device = self.embeddings.word.weight.device
         input_ids = batch.input_ids.to(device, non_blocking=True)
         token_type_ids = batch.token_type_ids.to(device, non_blocking=True)
-        mask = batch.attention_mask.to(device, non_blocking=True).bool()  # (B, T)
-        return self(input_ids, token_type_ids, mask if padded else None), mask
+        mask = batch.attention_mask.to(device, non_blocking=True)  # (B, T) bool
+        # `padded` was found on the host while collating: no device sync to ask the mask.
+        return self(input_ids, token_type_ids, mask if batch.padded else None), mask
 
     def classify(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_labels) from token states (B, T, H)."""

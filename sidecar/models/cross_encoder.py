@@ -28,6 +28,7 @@ from sidecar.models.interface import (
     Inputs,
     LoadOptions,
     ModelCard,
+    PadShape,
     PairInputs,
     Prepared,
     Result,
@@ -39,7 +40,14 @@ from sidecar.models.snapshot import (
     read_json,
     sentence_transformers_spec,
 )
-from sidecar.models.tokens import ENCODE_RUN_CHARS, Batch, TextTokenizer, collate, cut_text, runs
+from sidecar.models.tokens import (
+    ENCODE_RUN_CHARS,
+    Batch,
+    TextTokenizer,
+    collate,
+    cut_text,
+    runs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -130,17 +138,17 @@ class CrossEncoder(OnTorchDevice):
             pairs.extend(encoded)
         return Prepared(pairs, [len(ids) for ids, _ in pairs])
 
-    def collate(self, pairs: Sequence[Pair]) -> Batch:
-        """Right-pad the pairs' ids and segment ids to the longest."""
-        return collate(
-            [ids for ids, _ in pairs], self._pad_id, self.device, [types for _, types in pairs]
-        )
+    def collate(self, pairs: Sequence[Pair], shape: PadShape | None = None) -> Batch:
+        """Right-pad the pairs' ids and segment ids to the longest, or to the shape `shape`
+        gives."""
+        ids, types = [ids for ids, _ in pairs], [types for _, types in pairs]
+        return collate(ids, self._pad_id, self.device, types, shape=shape)
 
     def forward(self, batch: Batch) -> npt.NDArray[np.float32]:
-        """(B,) relevance logits in fp32."""
+        """(N,) relevance logits in fp32 of the batch's N items (filler rows dropped)."""
         with torch.inference_mode():
             hidden, _ = self._encoder.encode(batch)  # (B, T, H)
-            logits = self._encoder.classify(hidden).float()[:, 0]  # (B,)
+            logits = self._encoder.classify(hidden).float()[: batch.num_items, 0]  # (N,)
             return logits.cpu().numpy()
 
     def finish(self, outputs: Sequence[np.float32], inputs: Inputs) -> Result:
@@ -150,28 +158,49 @@ class CrossEncoder(OnTorchDevice):
             return Scores(logits)
         return Scores((1.0 / (1.0 + np.exp(-logits))).astype(np.float32))
 
-    def warmup(self, max_batch: int, max_tokens: int) -> list[tuple[int, float]]:
+    def warmup(
+        self, max_batch: int, max_tokens: int, shapes: Sequence[tuple[int, int]] | None = None
+    ) -> list[tuple[int, float]]:
         """Passes of pairs across shapes, never over `max_tokens` padded tokens.
+
+        Args:
+            max_batch: the most pairs of a batch.
+            max_tokens: the most padded tokens of a batch.
+            shapes: exactly these (pairs, tokens) shapes (say every shape bucket), instead of
+                a few from one short pair to `max_batch` pairs of the longest input.
 
         Returns:
             (padded tokens, seconds) of each shape's second pass (the first also allocates).
         """
         top = min(self.max_input_tokens, max_tokens)
-        timings, shapes = [], []
-        for length in sorted({min(t, top) for t in (16, 64, top)}):
+        if shapes is None:
+            shapes = [
+                (size, length)
+                for length in sorted({min(t, top) for t in (16, 64, top)})
+                for size in sorted({1, max(1, min(max_batch, max_tokens // length))})
+            ]
+        # A pair needs its special tokens and a token of each text.
+        least = self._tokenizer.num_pair_specials + 2
+        shapes = [(size, length) for size, length in shapes if least <= length <= top]
+        timings = []
+        for size, length in shapes:
             document = " ".join(["warmup"] * length)
-            for size in sorted({1, max(1, min(max_batch, max_tokens // length))}):
-                pairs = self._tokenizer.encode_pairs("warmup", [document] * size, truncate=True)
-                padded = size * max(len(ids) for ids, _ in pairs)
-                if padded > max_tokens:
-                    continue
-                self.forward(self.collate(pairs))
-                started = time.perf_counter()
-                self.forward(self.collate(pairs))
-                timings.append((padded, time.perf_counter() - started))
-                shapes.append((size, padded // size))
+            pairs = self._tokenizer.encode_pairs("warmup", [document] * size, truncate=True)
+            pairs = [_cut(pair, length) for pair in pairs]
+            self.forward(self.collate(pairs))
+            started = time.perf_counter()
+            self.forward(self.collate(pairs))
+            timings.append((size * length, time.perf_counter() - started))
         logger.info("warmed up on %d shapes (batch, tokens): %s", len(shapes), shapes)
         return timings
+
+
+def _cut(pair: Pair, length: int) -> Pair:
+    """A pair cut to `length` tokens, keeping its closing special token."""
+    ids, types = pair
+    if len(ids) <= length:
+        return pair
+    return [*ids[: length - 1], ids[-1]], [*types[: length - 1], types[-1]]
 
 
 def _activation(config: Mapping[str, Any], directory: Path) -> str:

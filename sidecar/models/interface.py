@@ -3,7 +3,7 @@
 A request's inputs go through a model in four steps (DESIGN section 11):
 
     prepare(inputs)          -> Prepared(items, costs)   validate, tokenize, truncate
-    collate(items)           -> batch                    pad a batch of items (batcher thread)
+    collate(items, shape)    -> batch                    pad a batch of items (batcher thread)
     forward(batch)           -> outputs, one per item    the forward pass (the device thread)
     finish(outputs, inputs)  -> Result                   normalise, activate, label
 
@@ -28,6 +28,10 @@ import numpy.typing as npt
 ItemT = TypeVar("ItemT")
 BatchT = TypeVar("BatchT")
 OutputT = TypeVar("OutputT")
+
+# (items, longest) -> (rows, length): the padded shape a batch runs as, when the serving layer
+# buckets shapes (batching.Buckets). Rows past the items are filler, whose outputs are dropped.
+PadShape = Callable[[int, int], tuple[int, int]]
 
 # A text may have this many characters per token of the model's input limit before it is
 # tokenized: longer, it is refused, or cut there when truncation is asked, unseen by the tokenizer
@@ -186,7 +190,9 @@ class Model(Protocol[ItemT, BatchT, OutputT]):
         """
         ...
 
-    def collate(self, items: Sequence[ItemT]) -> BatchT: ...
+    def collate(self, items: Sequence[ItemT], shape: PadShape | None = None) -> BatchT:
+        """A batch of the items, padded to the longest or to the shape `shape` gives."""
+        ...
 
     def forward(self, batch: BatchT) -> Iterable[OutputT]:
         """One output per item, in order (an array's rows will do)."""
@@ -194,8 +200,11 @@ class Model(Protocol[ItemT, BatchT, OutputT]):
 
     def finish(self, outputs: Sequence[OutputT], inputs: Inputs) -> Result: ...
 
-    def warmup(self, max_batch: int, max_tokens: int) -> list[tuple[int, float]]:
-        """Run forward passes across shapes; returns (padded tokens, seconds) of each."""
+    def warmup(
+        self, max_batch: int, max_tokens: int, shapes: Sequence[tuple[int, int]] | None = None
+    ) -> list[tuple[int, float]]:
+        """Run forward passes across shapes (or exactly `shapes`, (items, tokens) each) within
+        the bounds; returns (padded tokens, seconds) of each."""
         ...
 
     def is_oom(self, exc: BaseException) -> bool:

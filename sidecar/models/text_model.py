@@ -30,6 +30,7 @@ from sidecar.models.interface import (
     Inputs,
     LoadOptions,
     ModelCard,
+    PadShape,
     Prepared,
     Result,
     TextInputs,
@@ -43,7 +44,14 @@ from sidecar.models.snapshot import (
     read_json,
     sentence_transformers_spec,
 )
-from sidecar.models.tokens import ENCODE_RUN_CHARS, Batch, TextTokenizer, collate, cut_text, runs
+from sidecar.models.tokens import (
+    ENCODE_RUN_CHARS,
+    Batch,
+    TextTokenizer,
+    collate,
+    cut_text,
+    runs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -146,21 +154,23 @@ class TextModel(OnTorchDevice):
                 ids.append(seq)
         return Prepared(ids, [len(seq) for seq in ids])
 
-    def collate(self, seqs: Sequence[Sequence[int]]) -> Batch:
-        """Right-pad token id sequences to the longest."""
-        return collate(seqs, self._pad_id, self.device)
+    def collate(self, seqs: Sequence[Sequence[int]], shape: PadShape | None = None) -> Batch:
+        """Right-pad token id sequences to the longest, or to the shape `shape` gives."""
+        return collate(seqs, self._pad_id, self.device, shape=shape)
 
     def forward(self, batch: Batch) -> Rows:
-        """(B, D) pooled embeddings before normalisation, or (B, L) label probabilities."""
+        """(N, D) pooled embeddings before normalisation, or (N, L) label probabilities, of the
+        batch's N items (filler rows dropped)."""
+        items = batch.num_items
         with torch.inference_mode():
             hidden, mask = self._encoder.encode(batch)  # (B, T, H), (B, T)
             if self.task == "classify":
                 logits = self._encoder.classify(hidden).float()  # (B, L)
                 probs = torch.sigmoid(logits) if self._multi_label else logits.softmax(-1)
-                return probs.cpu().numpy()
+                return probs[:items].cpu().numpy()
             hidden = hidden.float()  # (B, T, H): pool in fp32 whatever the model dtype
             pooled = pool(hidden, mask.to(hidden.dtype), self._spec.pooling)  # (B, D)
-            return pooled.cpu().numpy()
+            return pooled[:items].cpu().numpy()
 
     def finish(self, outputs: Sequence[npt.NDArray[np.float32]], inputs: Inputs) -> Result:
         """Embeddings, normalised when asked; or each input's best label and every score."""
@@ -172,21 +182,31 @@ class TextModel(OnTorchDevice):
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         return Embeddings(rows / np.maximum(norms, 1e-12))
 
-    def warmup(self, max_batch: int, max_tokens: int) -> list[tuple[int, float]]:
-        """Run a few forward passes across shapes, never more than `max_tokens` padded tokens.
+    def warmup(
+        self, max_batch: int, max_tokens: int, shapes: Sequence[tuple[int, int]] | None = None
+    ) -> list[tuple[int, float]]:
+        """Run forward passes across shapes, never more than `max_tokens` padded tokens.
+
+        Args:
+            max_batch: the most items of a batch.
+            max_tokens: the most padded tokens of a batch.
+            shapes: exactly these (items, tokens) shapes (say every shape bucket), instead of a
+                few from one short item to `max_batch` items of the longest input.
 
         Returns:
             (padded tokens, seconds) of each shape's second pass: the first also pays for
             allocation (and on CUDA, kernel selection), which later passes do not.
         """
         top = min(self.max_input_tokens, max_tokens)
-        lengths = sorted(
-            {min(t, top) for t in (8, 64, top)} - set(range(self._tokenizer.num_specials + 1))
-        )
+        if shapes is None:
+            shapes = [
+                (size, length)
+                for length in sorted({min(t, top) for t in (8, 64, top)})
+                for size in sorted({1, max(1, min(max_batch, max_tokens // length))})
+            ]
+        # Filler text needs room beside the special tokens.
         shapes = [
-            (size, length)
-            for length in lengths
-            for size in sorted({1, max(1, min(max_batch, max_tokens // length))})
+            (n, length) for n, length in shapes if self._tokenizer.num_specials < length <= top
         ]
         timings = []
         for size, length in shapes:

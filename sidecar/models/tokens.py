@@ -1,8 +1,11 @@
 """Text to token ids and back to a padded batch: a snapshot's fast tokenizer, truncation, collation.
 
 Truncation keeps the trailing special tokens ([SEP], </s>), as Hugging Face's does; collation pads
-on the right with the model's pad id. On CUDA the batch is built in pinned memory, so the copy to
-the device can overlap with the previous forward pass.
+on the right with the model's pad id, to the longest sequence or to the shape a `PadShape` asks
+(shape buckets: more positions, and filler rows after the real ones). The batch is built once,
+in the dtypes the device takes as they are (int32 ids, a bool mask), and on CUDA straight into
+pinned memory, so the copy to the device is one transfer per tensor that can overlap with the
+previous forward pass.
 """
 
 from __future__ import annotations
@@ -17,15 +20,22 @@ import torch
 from tokenizers import Tokenizer
 
 from sidecar.models.errors import ModelLoadError
+from sidecar.models.interface import PadShape
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Model inputs for one forward pass; on CUDA these are pinned CPU tensors."""
+    """Model inputs for one forward pass; on CUDA these are pinned CPU tensors.
 
-    input_ids: torch.Tensor  # (B, T) int64, right-padded with the pad id
-    attention_mask: torch.Tensor  # (B, T) int64, 1 on real tokens
-    token_type_ids: torch.Tensor  # (B, T) int64, 1 on a pair's second segment
+    Rows from `num_items` on are filler (copies of the first row, to fill a padded shape): their
+    outputs are dropped.
+    """
+
+    input_ids: torch.Tensor  # (B, T) int32, right-padded with the pad id
+    attention_mask: torch.Tensor  # (B, T) bool, True on real tokens
+    token_type_ids: torch.Tensor  # (B, T) int32, 1 on a pair's second segment
+    num_items: int
+    padded: bool  # some position is padding (known on the host: no device sync to find out)
 
 
 class TextTokenizer:
@@ -129,27 +139,41 @@ def collate(
     pad_id: int,
     device: torch.device,
     type_ids: Sequence[Sequence[int]] | None = None,
+    shape: PadShape | None = None,
 ) -> Batch:
-    """Right-pad token id sequences (and their type ids, zeros when not given) to the longest."""
+    """Right-pad token id sequences (and their type ids, zeros when not given) to the longest, or
+    to the (rows, length) that `shape` gives for (items, longest)."""
     lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
     if lengths.size == 0 or lengths.min() == 0:
         raise ValueError("collate needs at least one sequence and no empty ones")
-    B, T = len(seqs), int(lengths.max())
-    real = np.arange(T)[None, :] < lengths[:, None]  # (B, T)
+    B, longest = len(seqs), int(lengths.max())
+    rows, T = shape(B, longest) if shape else (B, longest)
+    if rows < B or longest > T:
+        raise ValueError(f"shape ({rows}, {T}) cannot hold {B} sequences of up to {longest}")
+    pinned = device.type == "cuda"
+    input_ids, attention_mask, token_type_ids = (
+        torch.empty((rows, T), dtype=dtype, pin_memory=pinned)
+        for dtype in (torch.int32, torch.bool, torch.int32)
+    )
+    ids, real, types = input_ids.numpy(), attention_mask.numpy(), token_type_ids.numpy()
+    np.less(np.arange(T)[None, :], lengths[:, None], out=real[:B])  # (B, T)
     count = int(lengths.sum())
-    input_ids = np.full((B, T), pad_id, dtype=np.int64)
+    ids[:B] = pad_id
     # Row-major boolean assignment fills each row's real positions from the flat ids, in order.
-    input_ids[real] = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=count)
-    types = np.zeros((B, T), dtype=np.int64)
+    ids[:B][real[:B]] = np.fromiter(
+        itertools.chain.from_iterable(seqs), dtype=np.int32, count=count
+    )
+    types[:B] = 0
     if type_ids is not None:
-        types[real] = np.fromiter(
-            itertools.chain.from_iterable(type_ids), dtype=np.int64, count=count
+        types[:B][real[:B]] = np.fromiter(
+            itertools.chain.from_iterable(type_ids), dtype=np.int32, count=count
         )
-    tensors = [
-        torch.from_numpy(input_ids),
-        torch.from_numpy(real.astype(np.int64)),
-        torch.from_numpy(types),
-    ]
-    if device.type == "cuda":
-        tensors = [t.pin_memory() for t in tensors]
-    return Batch(input_ids=tensors[0], attention_mask=tensors[1], token_type_ids=tensors[2])
+    for array in (ids, real, types):
+        array[B:] = array[0]  # filler rows
+    return Batch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=token_type_ids,
+        num_items=B,
+        padded=bool(lengths.min() < T),
+    )

@@ -252,7 +252,7 @@ class PoisonedCudaDevice:
     def prepare(self, inputs: Any) -> Prepared[int]:
         return Prepared([1] * len(inputs.texts), [1] * len(inputs.texts))
 
-    def collate(self, items: Any) -> list[int]:
+    def collate(self, items: Any, shape: Any = None) -> list[int]:
         return list(items)
 
     def forward(self, batch: Any) -> list[int]:
@@ -261,7 +261,9 @@ class PoisonedCudaDevice:
     def finish(self, outputs: Any, inputs: Any) -> Any:
         raise AssertionError("nothing finishes on a poisoned device")
 
-    def warmup(self, max_batch: int, max_tokens: int) -> list[tuple[int, float]]:
+    def warmup(
+        self, max_batch: int, max_tokens: int, shapes: Any = None
+    ) -> list[tuple[int, float]]:
         return []
 
     def is_oom(self, exc: BaseException) -> bool:

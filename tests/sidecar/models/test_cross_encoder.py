@@ -132,3 +132,16 @@ def test_config_json_of_a_cross_encoder_round_trips(tmp_path: Path) -> None:
     config = json.loads((directory / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"]
     assert len(config["id2label"]) == 1
+
+
+def test_padded_shapes_and_warmup_shapes_keep_the_scores(tmp_path: Path, load: Loader) -> None:
+    model = load(make_cross_encoder_snapshot(tmp_path))
+    documents = varied_sentences(5)
+    pairs = model.prepare(PairInputs(QUERY, documents, truncate=True)).items
+    exact = model.forward(model.collate(pairs))
+    longest = max(len(ids) for ids, _ in pairs)
+    padded = model.forward(model.collate(pairs, shape=lambda n, t: (8, longest + 9)))
+    assert padded.shape == exact.shape == (5,)
+    np.testing.assert_allclose(padded, exact, rtol=1e-5, atol=1e-6)
+    timings = model.warmup(4, 4096, shapes=[(2, 32), (1, 64), (1, 3)])  # 3: no room for a pair
+    assert [tokens for tokens, _ in timings] == [64, 64]
