@@ -132,6 +132,7 @@ class Settings:
     batch_max_tokens: int = 16384
     batch_adaptive: bool = True
     batch_max_padding: float | None = None  # None: by device (serving.engine.CPU_MAX_PADDING)
+    shape_buckets: str = "auto"  # auto: on CUDA, not on a CPU (see serving.shapes)
     queue_max: int = 512
     request_timeout_ms: int = 30000
     max_input_tokens: int | None = None
@@ -181,6 +182,7 @@ class Settings:
             batch_max_tokens=env.get("SIDECAR_BATCH_MAX_TOKENS", _int_in(1, 1 << 24), 16384),
             batch_adaptive=env.get("SIDECAR_BATCH_ADAPTIVE", _bool, True),
             batch_max_padding=env.get("SIDECAR_BATCH_MAX_PADDING", _float_in(0.0, 1.0), None),
+            shape_buckets=env.get("SIDECAR_SHAPE_BUCKETS", _choice(("auto", "on", "off")), "auto"),
             queue_max=(queue_max := env.get("SIDECAR_QUEUE_MAX", _int_in(1, 1 << 20), 512)),
             request_timeout_ms=env.get("SIDECAR_REQUEST_TIMEOUT_MS", _int_in(1, 3_600_000), 30000),
             max_input_tokens=env.get("SIDECAR_MAX_INPUT_TOKENS", _int_in(2, 1 << 20), None),

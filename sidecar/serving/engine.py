@@ -9,6 +9,7 @@ finish    on the event loop
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 from batching import BatchConfig, Batcher, BatchObserver, DeadlineExceededError
 from sidecar.config import CPU_MAX_SIZE, CUDA_MAX_SIZE, Settings
 from sidecar.models import MAX_CHARS_PER_TOKEN, Inputs, Model, ModelCard, Prepared, Result
+from sidecar.serving.shapes import shape_buckets
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +61,10 @@ class Engine:
         self.model = model
         self.card: ModelCard = model.card
         self._prepare_executor = executors.prepare
+        # With shape buckets the model pads each batch to the shape the batcher counts it as.
+        collate = functools.partial(model.collate, shape=config.padded_shape)
         self.batcher: Batcher[Any, Any, Any] = Batcher(
-            model.collate,
+            collate if config.buckets else model.collate,
             self._forward,
             config,
             observer=observer,
@@ -148,18 +152,21 @@ class Executors:
             executor.shutdown(wait=False, cancel_futures=True)
 
 
-def batch_config(settings: Settings, device: str) -> BatchConfig:
-    """The batching bounds of the settings; the size bound and padding cap default by device."""
+def batch_config(settings: Settings, device: str, max_input_tokens: int) -> BatchConfig:
+    """The batching bounds of the settings for a model of `max_input_tokens` on `device`; the
+    size bound, the padding cap and the shape buckets default by device."""
     on_cpu = device == "cpu"
     max_padding = settings.batch_max_padding
     if max_padding is None:
         max_padding = CPU_MAX_PADDING if on_cpu else 1.0
+    max_size = settings.batch_max_size or (CPU_MAX_SIZE if on_cpu else CUDA_MAX_SIZE)
     return BatchConfig(
         window_s=settings.batch_window_ms / 1000.0,
         min_size=settings.batch_min_size,
-        max_size=settings.batch_max_size or (CPU_MAX_SIZE if on_cpu else CUDA_MAX_SIZE),
+        max_size=max_size,
         max_tokens=settings.batch_max_tokens,
         queue_max=settings.queue_max,
         adaptive=settings.batch_adaptive,
         max_padding=max_padding,
+        buckets=shape_buckets(settings.shape_buckets, device, max_size, max_input_tokens),
     )

@@ -21,6 +21,7 @@ from sidecar.models import LoadOptions, Model, ModelLoadError
 from sidecar.models.device import resolve_device, resolve_dtype
 from sidecar.models.families import load_model
 from sidecar.serving.engine import batch_config
+from sidecar.serving.shapes import warmup_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -138,11 +139,13 @@ def load(settings: Settings, *, progress: Callable[[int, int], None] | None = No
         if settings.warmup:
             # On CUDA every shape class is worth compiling kernels for; on CPU a few passes of
             # one and two items touch every code path at a fraction of the start-up time.
+            # With shape buckets, the shapes they allow (every one on CUDA).
             full = device.type == "cuda"
-            bounds = batch_config(settings, str(device))
+            bounds = batch_config(settings, str(device), model.card.max_input_tokens)
             timings = model.warmup(
                 bounds.max_size if full else min(bounds.max_size, 2),
                 bounds.max_tokens if full else min(bounds.max_tokens, 128),
+                shapes=warmup_shapes(bounds, model.card.max_input_tokens),
             )
         # Loading staged weights through pinned buffers and may have cast copies: hand the
         # allocators' cached blocks back before serving.

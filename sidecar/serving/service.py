@@ -81,7 +81,7 @@ class Service:
         card = loaded.model.card
         engine = Engine(
             loaded.model,
-            batch_config(settings, card.device),
+            batch_config(settings, card.device, card.max_input_tokens),
             observer=self._observer,
             executors=self._executors,
         )

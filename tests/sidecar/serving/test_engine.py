@@ -11,7 +11,7 @@ from sidecar.serving.engine import batch_config
 
 def test_size_and_padding_bounds_default_by_device() -> None:
     settings = Settings.from_env({})
-    cpu, cuda = batch_config(settings, "cpu"), batch_config(settings, "cuda:0")
+    cpu, cuda = batch_config(settings, "cpu", 256), batch_config(settings, "cuda:0", 256)
     assert (cpu.max_size, cpu.max_padding) == (32, 0.5)
     assert (cuda.max_size, cuda.max_padding) == (256, 1.0)
     assert cpu.max_tokens == cuda.max_tokens == 16384
@@ -22,7 +22,7 @@ def test_bounds_that_are_set_hold_on_every_device() -> None:
         {"SIDECAR_BATCH_MAX_SIZE": "64", "SIDECAR_BATCH_MAX_PADDING": "0.2"}
     )
     for device in ("cpu", "cuda:1"):
-        bounds = batch_config(settings, device)
+        bounds = batch_config(settings, device, 256)
         assert (bounds.max_size, bounds.max_padding) == (64, 0.2)
 
 
