@@ -1,15 +1,20 @@
 """A/B a past revision against the working tree: served outputs bit for bit, throughput paired.
 
     python -m benchmarks.compare --base REV [--texts 200] [--requests 600] [--concurrency 64]
-                                 [--rounds 5] [--out DIR]
+                                 [--rounds 5] [--env NAME=VALUE ...] [--base-env NAME=VALUE ...]
+                                 [--out DIR]
 
 Both servers run side by side on the demo model (fp32), each from its own source tree (REV is
 exported with `git archive`). Outputs: each of `--texts` real sentences alone, one request at a
 time over the Unix socket, through `/v1/embeddings` (base64: the float32 bytes) and through
-`/v1/predict` with `normalize: false`; the two servers' answers must be identical. Throughput:
+`/v1/predict` with `normalize: false`; the two servers' answers must be identical (where a change
+may legitimately round differently, as padding to shape buckets does, the least cosine of the
+pooled vectors says by how much). Throughput:
 `--rounds` closed-loop runs of `--concurrency` clients over the socket on `--requests` sentences,
 base and working tree taking turns (the order alternating), seconds apart; each round's ratio
-(working tree / base) and their median are the figure. Writes benchmarks/results/compare.json.
+(working tree / base) and their median are the figure. `--env` and `--base-env` add variables to
+one server's environment (an allocator setting, a SIDECAR_* one), so one tree can be compared
+with itself under two settings (`--base HEAD`). Writes benchmarks/results/compare.json.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -56,6 +62,11 @@ async def outputs(server: Served, texts: list[str]) -> list[tuple[str, Any]]:
     return answers
 
 
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
 async def throughput(server: Served, bodies: list[dict[str, Any]], concurrency: int) -> float:
     session, base = server.session("uds")
     async with session:
@@ -69,15 +80,17 @@ async def throughput(server: Served, bodies: list[dict[str, Any]], concurrency: 
 
 async def compare(args: argparse.Namespace, base_root: Path) -> dict[str, Any]:
     env = {"SIDECAR_DTYPE": "float32"}
+    base_env, work_env = env | dict(args.base_env), env | dict(args.env)
     texts = corpus(args.texts, seed=11)
     bodies = predict_bodies(corpus(args.requests))
     with tempfile.TemporaryDirectory(prefix="cmp-", dir="/tmp") as sockets:
         async with (
-            serve(env, sockets, root=base_root, name="base") as base,
-            serve(env, sockets, root=ROOT, name="work") as work,
+            serve(base_env, sockets, root=base_root, name="base") as base,
+            serve(work_env, sockets, root=ROOT, name="work") as work,
         ):
             base_out, work_out = await outputs(base, texts), await outputs(work, texts)
             differ = [i for i, (a, b) in enumerate(zip(base_out, work_out, strict=True)) if a != b]
+            cosines = [cosine(a[1], b[1]) for a, b in zip(base_out, work_out, strict=True)]
             rounds = []
             for round_ in range(args.rounds):
                 order = (("base", base), ("work", work))
@@ -91,6 +104,7 @@ async def compare(args: argparse.Namespace, base_root: Path) -> dict[str, Any]:
             "texts": len(texts),
             "identical": len(texts) - len(differ),
             "differing_indices": differ[:20],
+            "min_cosine": min(cosines),
         },
         "throughput": {
             "concurrency": args.concurrency,
@@ -108,12 +122,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    for flag in ("--env", "--base-env"):
+        parser.add_argument(
+            flag, action="append", default=[], type=lambda s: tuple(s.split("=", 1)),
+            metavar="NAME=VALUE", help="a variable for that server (repeatable)",
+        )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sidecar-base-") as tree:
         commit = export(args.base, Path(tree))
         report = {
             "base": commit,
+            "env": {"base": dict(args.base_env), "work": dict(args.env)},
             "machine": {"cores": os.cpu_count()},
             **asyncio.run(compare(args, Path(tree))),
         }

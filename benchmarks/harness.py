@@ -222,9 +222,13 @@ async def open_loop(
     bodies: list[dict[str, Any]],
     rate_per_s: float,
     seed: int = 1,
+    into: LoadResult | None = None,
 ) -> LoadResult:
-    """Poisson arrivals at `rate_per_s`, one request per body, whatever the server's pace."""
-    result = LoadResult()
+    """Poisson arrivals at `rate_per_s`, one request per body, whatever the server's pace.
+
+    `into`: count into this result (to read it while the run goes on) instead of a new one.
+    """
+    result = into or LoadResult()
     rng = random.Random(seed)
     tasks = []
     started = time.perf_counter()
