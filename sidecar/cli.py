@@ -1,4 +1,5 @@
-"""Command line: `sidecar serve` (the default) and `sidecar pull MODEL`."""
+"""Command line: `sidecar serve` (the default), `sidecar pull MODEL` and
+`sidecar export onnx MODEL OUT`."""
 
 from __future__ import annotations
 
@@ -24,6 +25,22 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     commands.add_parser("serve", help="serve the model from SIDECAR_* settings (default)")
     pull = commands.add_parser("pull", help="pre-fetch a hub model into the Hugging Face cache")
     pull.add_argument("model", help="hf://org/name[@revision], or a local path to validate")
+    export = commands.add_parser("export", help="write a copy of a model for another runtime")
+    formats = export.add_subparsers(dest="format", required=True)
+    onnx = formats.add_parser(
+        "onnx", help="an ONNX model directory the onnx backend serves (parity checked)"
+    )
+    onnx.add_argument("model", help="a snapshot directory, or hf://org/name in the cache")
+    onnx.add_argument("out", type=Path, help="the directory to write (must not exist)")
+    onnx.add_argument("--task", choices=("embed", "classify", "rerank"), help="default: detected")
+    onnx.add_argument(
+        "--optimize", action="store_true", help="ONNX Runtime's transformer optimizer"
+    )
+    onnx.add_argument("--fp16", action="store_true", help="convert to fp16 (for CUDA)")
+    onnx.add_argument(
+        "--samples", type=Path, help="texts for the parity check, one a line (default: 200 "
+        "generated from the tokenizer's vocabulary)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     environ = os.environ if environ is None else environ
     from sidecar.auth import BearerToken
@@ -40,6 +57,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     logs.configure(settings.log_level, settings.log_format)
     if args.command == "pull":
         return _pull(args.model, settings)
+    if args.command == "export":
+        return _export_onnx(args)
     from sidecar.server import serve
 
     timeline.mark("imports")
@@ -60,4 +79,30 @@ def _pull(spec: str, settings: Settings) -> int:
         return 1
     files = len(source.weight_files)
     print(f"{source.name}: {files} weight file(s) ready in {source.directory}")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from sidecar.onnx_export import ExportError, export_onnx
+
+    samples = None
+    if args.samples is not None:
+        samples = [line for line in args.samples.read_text().splitlines() if line.strip()]
+    try:
+        report = export_onnx(
+            args.model, args.out, task=args.task, optimize=args.optimize, fp16=args.fp16,
+            samples=samples,
+        )  # fmt: skip
+    except ExportError as exc:
+        print(f"sidecar export onnx: {exc}", file=sys.stderr)
+        return 1
+    closeness = (
+        f"least cosine {report.min_cosine:.7f}"
+        if report.min_cosine is not None
+        else f"largest difference {report.max_difference:.2e}"
+    )
+    print(
+        f"{report.out}: {report.task} model, {report.graph_bytes / 1e6:.1f} MB, parity on "
+        f"{report.num_samples} samples: {closeness} ({report.seconds:.1f} s)"
+    )
     return 0

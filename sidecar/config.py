@@ -19,6 +19,7 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
 LOAD_MODES = ("auto", "mmap", "read")
+BACKENDS = ("auto", "torch", "onnx")
 # Names in URLs and responses: SIDECAR_MODEL_NAME must match; names derived from a source are
 # made to match (`served_name_from`).
 SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -126,6 +127,7 @@ class Settings:
     task: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    backend: str = "auto"  # auto: onnx when the model directory holds model.onnx, else torch
     batch_window_ms: int = 20
     batch_min_size: int = 1
     batch_max_size: int | None = None  # None: by device (see CPU_MAX_SIZE, CUDA_MAX_SIZE)
@@ -176,6 +178,7 @@ class Settings:
             task=env.get("SIDECAR_TASK", _choice(TASKS), None),
             device=env.get("SIDECAR_DEVICE", _device, "auto"),
             dtype=env.get("SIDECAR_DTYPE", _choice(DTYPES), "auto"),
+            backend=env.get("SIDECAR_BACKEND", _choice(BACKENDS), "auto"),
             batch_window_ms=env.get("SIDECAR_BATCH_WINDOW_MS", _int_in(0, 1000), 20),
             batch_min_size=env.get("SIDECAR_BATCH_MIN_SIZE", _int_in(1, 4096), 1),
             batch_max_size=env.get("SIDECAR_BATCH_MAX_SIZE", _int_in(1, 4096), None),

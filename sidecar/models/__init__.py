@@ -7,9 +7,11 @@ that builds them import torch; import them by module:
     from sidecar.models.families import FAMILIES, load_model   # snapshot + weights -> Model
     from sidecar.models.text_model import TextModel            # BERT-family embed / classify
     from sidecar.models.cross_encoder import CrossEncoder      # BERT-family rerank
+    from sidecar.models.tensor_model import TensorModel        # an ONNX graph's own tensors
 
-Models import torch, numpy, tokenizers and `loaders` only: never transformers,
-sentence-transformers, aiohttp, the environment or the rest of the sidecar.
+Models import torch, numpy, tokenizers and `loaders`, and for the ONNX backend onnx (to validate
+a graph) and onnxruntime: never transformers, sentence-transformers, aiohttp, the environment or
+the rest of the sidecar.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from sidecar.models.interface import (
     Prepared,
     Result,
     Scores,
+    TensorInputs,
+    Tensors,
+    TensorSpec,
     TextInputs,
     run_inline,
 )
@@ -50,6 +55,9 @@ __all__ = [
     "Prepared",
     "Result",
     "Scores",
+    "TensorInputs",
+    "TensorSpec",
+    "Tensors",
     "TextInputs",
     "WrongInputsError",
     "run_inline",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from sidecar.models.bert import MODEL_TYPES, BertConfig, BertEncoder, build_encoder
-from sidecar.models.device import OnTorchDevice, device_uuid, dtype_name
+from sidecar.models.backend import Backend, Head, TorchBackend
+from sidecar.models.bert import MODEL_TYPES, BertConfig, build_encoder
+from sidecar.models.device import device_uuid, dtype_name
 from sidecar.models.errors import InputTooLongError, ModelLoadError, WrongInputsError
 from sidecar.models.interface import (
     MAX_CHARS_PER_TOKEN,
@@ -60,30 +61,32 @@ ACTIVATIONS = {
 }
 
 Pair = tuple[list[int], list[int]]  # token ids and segment (type) ids of one pair
+# (config, head) -> the backend that runs the encoder and gives the head's rows.
+MakeBackend = Callable[[BertConfig, Head], Backend]
 
 
-class CrossEncoder(OnTorchDevice):
-    """A tokenizer of pairs, an encoder with a one-logit head, and the activation of its scores."""
+class CrossEncoder:
+    """A tokenizer of pairs, a backend running an encoder with a one-logit head, and the
+    activation of its scores."""
 
     def __init__(
         self,
         *,
         tokenizer: TextTokenizer,
-        encoder: BertEncoder,
+        backend: Backend,
         architecture: str,
         max_input_tokens: int,
         activation: str,
-        device: torch.device,
-        dtype: torch.dtype,
+        pad_id: int,
     ) -> None:
         self.architecture = architecture
         self.max_input_tokens = max_input_tokens
         self.activation = activation
-        self.device = device
-        self.dtype = dtype
+        self.device = backend.device
+        self.dtype = backend.dtype
         self._tokenizer = tokenizer
-        self._encoder = encoder
-        self._pad_id = encoder.config.pad_token_id
+        self.backend = backend
+        self._pad_id = pad_id
         if max_input_tokens <= tokenizer.num_pair_specials + 1:
             raise ModelLoadError(
                 f"max_input_tokens {max_input_tokens} leaves no room beside the "
@@ -99,6 +102,7 @@ class CrossEncoder(OnTorchDevice):
             dtype=dtype_name(self.dtype),
             device_uuid=device_uuid(self.device),
             max_input_tokens=self.max_input_tokens,
+            backend=self.backend.name,
         )
 
     def prepare(self, inputs: Inputs) -> Prepared[Pair]:
@@ -146,10 +150,16 @@ class CrossEncoder(OnTorchDevice):
 
     def forward(self, batch: Batch) -> npt.NDArray[np.float32]:
         """(N,) relevance logits in fp32 of the batch's N items (filler rows dropped)."""
-        with torch.inference_mode():
-            hidden, _ = self._encoder.encode(batch)  # (B, T, H)
-            logits = self._encoder.classify(hidden).float()[: batch.num_items, 0]  # (N,)
-            return logits.cpu().numpy()
+        return self.backend.run(batch)[:, 0]  # (N, 1) -> (N,)
+
+    def is_oom(self, exc: BaseException) -> bool:
+        return self.backend.is_oom(exc)
+
+    def is_fatal(self, exc: BaseException) -> bool:
+        return self.backend.is_fatal(exc)
+
+    def release_memory(self) -> None:
+        self.backend.release_memory()
 
     def finish(self, outputs: Sequence[np.float32], inputs: Inputs) -> Result:
         """Scores in document order: the activation of the logits, or the logits when asked."""
@@ -181,7 +191,8 @@ class CrossEncoder(OnTorchDevice):
             ]
         # A pair needs its special tokens and a token of each text.
         least = self._tokenizer.num_pair_specials + 2
-        shapes = [(size, length) for size, length in shapes if least <= length <= top]
+        most = self.max_input_tokens
+        shapes = [(size, length) for size, length in shapes if least <= length <= most]
         timings = []
         for size, length in shapes:
             document = " ".join(["warmup"] * length)
@@ -245,6 +256,23 @@ def load(
         ModelLoadError: not a one-label classifier, an activation off the allow-list, a limit
             out of range, or weights that do not match.
     """
+
+    def backend(config: BertConfig, head: Head) -> Backend:
+        encoder = build_encoder(
+            config, weights, with_head=True, device=options.device, dtype=options.dtype
+        )
+        return TorchBackend(encoder, head)
+
+    return build(directory, options, backend)
+
+
+def build(directory: Path, options: LoadOptions, make_backend: MakeBackend) -> CrossEncoder:
+    """A cross-encoder from a snapshot's files, its encoder run by the backend `make_backend`
+    gives (the recipe of `load`, whatever runs the encoder).
+
+    Raises:
+        ModelLoadError: as `load`, or the backend refuses the files.
+    """
     raw = read_json(directory, "config.json")
     config = BertConfig.from_dict(raw)
     names = architectures(raw)
@@ -261,22 +289,20 @@ def load(
             f"max_input_tokens {max_input_tokens} is outside the model's position limit "
             f"of {limit} tokens"
         )
+    backend = make_backend(config, Head("logits"))
     model = CrossEncoder(
         tokenizer=TextTokenizer(
             directory, lowercase=spec.lowercase, pair_max_tokens=max_input_tokens
         ),
-        encoder=build_encoder(
-            config, weights, with_head=True, device=options.device, dtype=options.dtype
-        ),
+        backend=backend,
         architecture=names[0],
         max_input_tokens=max_input_tokens,
         activation=_activation(raw, directory),
-        device=options.device,
-        dtype=options.dtype,
+        pad_id=config.pad_token_id,
     )
     logger.info(
-        "loaded %s (%s) for rerank on %s as %s: max %d tokens per pair, %s activation",
-        model.architecture, config.model_type, options.device, options.dtype,
+        "loaded %s (%s) for rerank on %s as %s (%s): max %d tokens per pair, %s activation",
+        model.architecture, config.model_type, model.device, model.dtype, backend.name,
         max_input_tokens, model.activation,
     )  # fmt: skip
     return model

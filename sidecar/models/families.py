@@ -2,7 +2,7 @@
 
 Adding a family is one module exposing a `Family` and one line in `FAMILIES`. The order is the
 order of detection: when no task is asked for, the first family whose `detect` names one serves
-the snapshot.
+the snapshot. Only the families of the backend asked for (`LoadOptions.backend`) are candidates.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sidecar.models import cross_encoder, text_model
+from sidecar.models import cross_encoder, onnx_model, text_model
 from sidecar.models.errors import ModelLoadError
 from sidecar.models.interface import Family, LoadOptions, Model
 from sidecar.models.snapshot import read_json
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 FAMILIES: tuple[Family, ...] = (
     cross_encoder.FAMILY,
     text_model.FAMILY,
+    onnx_model.FAMILY,
 )
 
 
@@ -34,17 +35,25 @@ def load_model(
     """Build the model a snapshot directory describes, for the task asked (or detected).
 
     Args:
-        directory: a Hugging Face snapshot: config.json, tokenizer.json and what the family reads.
-        weights: the checkpoint's tensors by name.
-        options: device, dtype, task (None: detected) and input length cap.
+        directory: a Hugging Face snapshot: config.json, tokenizer.json and what the family reads;
+            for the onnx backend, model.onnx and what sits beside it.
+        weights: the checkpoint's tensors by name (none for the onnx backend).
+        options: backend, device, dtype, task (None: detected) and input length cap.
 
     Raises:
         ModelLoadError: no family builds the checkpoint or serves the task, or the family
             refuses the files.
     """
-    config = read_json(directory, "config.json")
+    graph = options.backend != "torch"
+    has_config = not graph or (directory / "config.json").is_file()
+    config = read_json(directory, "config.json") if has_config else {}
     model_type = config.get("model_type")
-    candidates = [family for family in FAMILIES if model_type in family.model_types]
+    candidates = [
+        family
+        for family in FAMILIES
+        if family.backend == options.backend
+        and (model_type in family.model_types or not family.model_types)
+    ]
     if not candidates:
         supported = sorted({t for family in FAMILIES for t in family.model_types})
         raise ModelLoadError(
@@ -56,9 +65,9 @@ def load_model(
     family = next((family for family in candidates if task in family.tasks), None)
     if task is None or family is None:
         tasks = [task for family in candidates for task in family.tasks]
+        kind = f"{model_type} checkpoints" if not graph else "ONNX graphs"
         raise ModelLoadError(
-            f"task {task!r} is not supported for {model_type} checkpoints "
-            f"(supported: {', '.join(tasks)})"
+            f"task {task!r} is not supported for {kind} (supported: {', '.join(tasks)})"
         )
-    logger.debug("%s snapshot: %s for %s", model_type, family.name, task)
+    logger.debug("%s snapshot: %s for %s", model_type or options.backend, family.name, task)
     return family.load(directory, weights, dataclasses.replace(options, task=task))

@@ -7,6 +7,10 @@ A request's inputs go through a model in four steps (DESIGN section 11):
     forward(batch)           -> outputs, one per item    the forward pass (the device thread)
     finish(outputs, inputs)  -> Result                   normalise, activate, label
 
+Texts (`TextInputs`) and pairs (`PairInputs`) go to text models; named tensors (`TensorInputs`)
+to tensor models (task `tensor`: an ONNX graph served as it is), whose card describes the graph's
+inputs and outputs (`TensorSpec`) and whose results are `Tensors`.
+
 The serving layer runs `prepare` and `finish` for a request and hands `collate` and `forward` to
 the batcher, which may mix the items of many requests in one batch. `run_inline` is the same
 recipe without a batcher, for benchmarks and parity tests.
@@ -93,7 +97,33 @@ class PairInputs:
         return sum(query + min(len(document), max_chars) for document in self.documents)
 
 
-Inputs = TextInputs | PairInputs
+@dataclass(frozen=True)
+class TensorInputs:
+    """Named arrays that hold a batch of items along their first axis, one item per row.
+
+    Every array has the same number of rows; row i of each is item i. Within one request the
+    other dimensions are one shape per name (a rectangular tensor), as the Open Inference
+    Protocol sends them.
+
+    Attributes:
+        tensors: input name -> (N, ...) array, in the dtype the graph declares.
+        outputs: the output names to return, in this order (None: every output of the graph).
+    """
+
+    tensors: Mapping[str, npt.NDArray[Any]]
+    outputs: tuple[str, ...] | None = None
+
+    @property
+    def num_chars(self) -> int:
+        """The elements of every array: what preparing them costs (the engine prepares large
+        inputs off the event loop by this measure, as it weighs texts by characters)."""
+        return sum(int(array.size) for array in self.tensors.values())
+
+    def num_chars_within(self, max_chars: int) -> int:
+        return self.num_chars
+
+
+Inputs = TextInputs | PairInputs | TensorInputs
 
 
 @dataclass(frozen=True)
@@ -141,10 +171,32 @@ class Scores:
     values: npt.NDArray[np.float32]
 
 
-Result = Embeddings | Classifications | Scores
+@dataclass(frozen=True)
+class Tensors:
+    """A tensor model's outputs: output name -> (N, ...) array, one row per input item."""
+
+    outputs: dict[str, npt.NDArray[Any]]
+
+
+Result = Embeddings | Classifications | Scores | Tensors
 
 
 # -- the model ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a graph, as its metadata describes it.
+
+    Attributes:
+        name: the graph's name for it.
+        dtype: numpy's name of its element type (`float32`, `int64`, `bool`, ...).
+        shape: its dimensions, -1 where the graph leaves one free; the first is the batch axis.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -162,6 +214,12 @@ class ModelCard:
         pooling: embed: the pooling modes the snapshot declares, concatenated in this order.
         snapshot_normalizes: embed: the snapshot's pipeline ends with a Normalize module.
         device_uuid: the GPU's UUID when on one (NVML finds it by that), else None.
+        backend: what runs the forward pass: `torch` or `onnxruntime`.
+        inputs: tensor: the graph's inputs, in its order.
+        outputs: tensor: the graph's outputs, in its order.
+
+    For a tensor model, `max_input_tokens` bounds an item's cost: the product of its sizes on
+    the axes after the first that the graph leaves free (1 when it fixes them all).
     """
 
     task: str
@@ -174,6 +232,9 @@ class ModelCard:
     pooling: tuple[str, ...] | None = None
     snapshot_normalizes: bool = False
     device_uuid: str | None = None
+    backend: str = "torch"
+    inputs: tuple[TensorSpec, ...] | None = None
+    outputs: tuple[TensorSpec, ...] | None = None
 
 
 class Model(Protocol[ItemT, BatchT, OutputT]):
@@ -222,12 +283,17 @@ class Model(Protocol[ItemT, BatchT, OutputT]):
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to build a model from a snapshot; `device` and `dtype` are torch objects."""
+    """How to build a model from a snapshot; `device` and `dtype` are torch objects.
+
+    With the `onnx` backend the graph fixes the dtype: None takes it as it is; a dtype given
+    must be the graph's.
+    """
 
     device: Any
     dtype: Any
     task: str | None = None
     max_input_tokens: int | None = None
+    backend: str = "torch"
 
 
 @dataclass(frozen=True)
@@ -241,6 +307,8 @@ class Family:
         detect: the task it serves a snapshot with when none is asked for, or None to leave the
             snapshot to the next family; called with config.json and the snapshot directory.
         load: builds the model from the snapshot directory and its tensors by checkpoint name.
+        backend: what runs it (`torch`, or `onnx`: a graph in the directory, no checkpoint).
+            An empty `model_types` takes any config.json, or none.
     """
 
     name: str
@@ -248,6 +316,7 @@ class Family:
     tasks: tuple[str, ...]
     detect: Callable[[Mapping[str, Any], Path], str | None]
     load: Callable[[Path, Mapping[str, Any], LoadOptions], Model[Any, Any, Any]]
+    backend: str = "torch"
 
 
 def run_inline(

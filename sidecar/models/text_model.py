@@ -1,16 +1,17 @@
 """BERT-family text encoders behind the model interface: `embed` and `classify`.
 
-It joins a snapshot's tokenizer, the encoder (bert.py) and the sentence-transformers pre- and
-post-processing the snapshot declares. Per-model work that is cheap on the device stays in
-`forward` (pooling in fp32, the classifier's own activation); per-request choices
-(normalisation) and labels are `finish`'s.
+It joins a snapshot's tokenizer, a backend that runs the encoder (backend.py: torch, bert.py;
+or an ONNX graph, onnx_model.py) and the sentence-transformers pre- and post-processing the
+snapshot declares. Per-model work that is cheap on the device stays in `forward` (pooling in
+fp32, the classifier's own activation); per-request choices (normalisation) and labels are
+`finish`'s. `build` is the one recipe from snapshot files to a model, whatever the backend.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from sidecar.models.bert import MODEL_TYPES, BertConfig, BertEncoder, build_encoder
-from sidecar.models.device import OnTorchDevice, device_uuid, dtype_name
+from sidecar.models.backend import Backend, Head, TorchBackend
+from sidecar.models.bert import MODEL_TYPES, BertConfig, build_encoder
+from sidecar.models.device import device_uuid, dtype_name
 from sidecar.models.errors import InputTooLongError, ModelLoadError, WrongInputsError
 from sidecar.models.interface import (
     MAX_CHARS_PER_TOKEN,
@@ -35,7 +37,6 @@ from sidecar.models.interface import (
     Result,
     TextInputs,
 )
-from sidecar.models.pooling import pool
 from sidecar.models.snapshot import (
     SentenceTransformerSpec,
     architectures,
@@ -58,10 +59,12 @@ logger = logging.getLogger(__name__)
 TASKS = ("embed", "classify")
 
 Rows = npt.NDArray[np.float32]
+# (config, head) -> the backend that runs the encoder and gives the head's rows.
+MakeBackend = Callable[[BertConfig, Head], Backend]
 
 
-class TextModel(OnTorchDevice):
-    """A tokenizer, an encoder and the pre- and post-processing of one task.
+class TextModel:
+    """A tokenizer, a backend running the encoder, and the pre- and post-processing of one task.
 
     Items are token id lists; `forward` gives (B, D) pooled embeddings before normalisation,
     or (B, L) label probabilities.
@@ -71,31 +74,27 @@ class TextModel(OnTorchDevice):
         self,
         *,
         tokenizer: TextTokenizer,
-        encoder: BertEncoder,
+        backend: Backend,
         task: str,
         architecture: str,
         max_input_tokens: int,
         labels: tuple[str, ...] | None,
         spec: SentenceTransformerSpec,
-        multi_label: bool,
-        device: torch.device,
-        dtype: torch.dtype,
+        embedding_dim: int | None,
+        pad_id: int,
     ) -> None:
         self.task = task
         self.architecture = architecture
         self.max_input_tokens = max_input_tokens
-        self.embedding_dim = (
-            encoder.config.hidden_size * len(spec.pooling) if task == "embed" else None
-        )
+        self.embedding_dim = embedding_dim if task == "embed" else None
         self.labels = labels
         self.normalizes = spec.normalizes
-        self.device = device
-        self.dtype = dtype
+        self.device = backend.device
+        self.dtype = backend.dtype
         self._tokenizer = tokenizer
-        self._encoder = encoder
+        self.backend = backend
         self._spec = spec
-        self._multi_label = multi_label
-        self._pad_id = encoder.config.pad_token_id
+        self._pad_id = pad_id
         if max_input_tokens <= tokenizer.num_specials:
             raise ModelLoadError(
                 f"max_input_tokens {max_input_tokens} leaves no room beside the "
@@ -115,6 +114,7 @@ class TextModel(OnTorchDevice):
             labels=self.labels,
             pooling=self._spec.pooling if self.task == "embed" else None,
             snapshot_normalizes=self.normalizes,
+            backend=self.backend.name,
         )
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -161,16 +161,16 @@ class TextModel(OnTorchDevice):
     def forward(self, batch: Batch) -> Rows:
         """(N, D) pooled embeddings before normalisation, or (N, L) label probabilities, of the
         batch's N items (filler rows dropped)."""
-        items = batch.num_items
-        with torch.inference_mode():
-            hidden, mask = self._encoder.encode(batch)  # (B, T, H), (B, T)
-            if self.task == "classify":
-                logits = self._encoder.classify(hidden).float()  # (B, L)
-                probs = torch.sigmoid(logits) if self._multi_label else logits.softmax(-1)
-                return probs[:items].cpu().numpy()
-            hidden = hidden.float()  # (B, T, H): pool in fp32 whatever the model dtype
-            pooled = pool(hidden, mask.to(hidden.dtype), self._spec.pooling)  # (B, D)
-            return pooled[:items].cpu().numpy()
+        return self.backend.run(batch)
+
+    def is_oom(self, exc: BaseException) -> bool:
+        return self.backend.is_oom(exc)
+
+    def is_fatal(self, exc: BaseException) -> bool:
+        return self.backend.is_fatal(exc)
+
+    def release_memory(self) -> None:
+        self.backend.release_memory()
 
     def finish(self, outputs: Sequence[npt.NDArray[np.float32]], inputs: Inputs) -> Result:
         """Embeddings, normalised when asked; or each input's best label and every score."""
@@ -204,10 +204,9 @@ class TextModel(OnTorchDevice):
                 for length in sorted({min(t, top) for t in (8, 64, top)})
                 for size in sorted({1, max(1, min(max_batch, max_tokens // length))})
             ]
-        # Filler text needs room beside the special tokens.
-        shapes = [
-            (n, length) for n, length in shapes if self._tokenizer.num_specials < length <= top
-        ]
+        # Filler text needs room beside the special tokens, and no more than the input limit.
+        least, most = self._tokenizer.num_specials + 1, self.max_input_tokens
+        shapes = [(n, length) for n, length in shapes if least <= length <= most]
         timings = []
         for size, length in shapes:
             ids, short = self._tokenizer.filler(length)
@@ -248,6 +247,24 @@ def load(directory: Path, weights: Mapping[str, torch.Tensor], options: LoadOpti
     Raises:
         ModelLoadError: the files cannot serve the task, or the weights do not match.
     """
+
+    def backend(config: BertConfig, head: Head) -> Backend:
+        with_head = head.output != "pooled"
+        encoder = build_encoder(
+            config, weights, with_head=with_head, device=options.device, dtype=options.dtype
+        )
+        return TorchBackend(encoder, head)
+
+    return build(directory, options, backend)
+
+
+def build(directory: Path, options: LoadOptions, make_backend: MakeBackend) -> TextModel:
+    """A text model from a snapshot's files, its encoder run by the backend `make_backend`
+    gives (the recipe of `load`, whatever runs the encoder).
+
+    Raises:
+        ModelLoadError: the files cannot serve the task, or the backend refuses them.
+    """
     raw = read_json(directory, "config.json")
     config = BertConfig.from_dict(raw)
     names = architectures(raw)
@@ -268,29 +285,32 @@ def load(directory: Path, weights: Mapping[str, torch.Tensor], options: LoadOpti
             f"of {limit} tokens"
         )
     default_max = min(spec.max_seq_length or limit, limit)
-    encoder = build_encoder(
-        config, weights, with_head=task == "classify", device=options.device, dtype=options.dtype
+    multi_label = raw.get("problem_type") == "multi_label_classification" or config.num_labels == 1
+    head = (
+        Head("probabilities", multi_label=multi_label)
+        if task == "classify"
+        else Head("pooled", pooling=spec.pooling)
     )
+    backend = make_backend(config, head)
     model = TextModel(
         tokenizer=tokenizer,
-        encoder=encoder,
+        backend=backend,
         task=task,
         architecture=names[0] if names else f"{config.model_type} encoder",
         max_input_tokens=max_input_tokens or default_max,
         labels=labels(raw, config.num_labels) if task == "classify" else None,
         spec=spec,
-        multi_label=raw.get("problem_type") == "multi_label_classification"
-        or config.num_labels == 1,
-        device=options.device,
-        dtype=options.dtype,
+        embedding_dim=config.hidden_size * len(spec.pooling),
+        pad_id=config.pad_token_id,
     )
     logger.info(
-        "loaded %s (%s) for %s on %s as %s: max %d input tokens, %s",
+        "loaded %s (%s) for %s on %s as %s (%s): max %d input tokens, %s",
         model.architecture,
         config.model_type,
         task,
-        options.device,
-        options.dtype,
+        model.device,
+        model.dtype,
+        backend.name,
         model.max_input_tokens,
         f"labels {model.labels}" if task == "classify" else f"dimension {model.embedding_dim}",
     )

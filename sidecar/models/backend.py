@@ -1,0 +1,108 @@
+"""What runs a text model's forward pass: a torch encoder with its head, or an ONNX graph.
+
+The text recipes (`text_model.TextModel`, `cross_encoder.CrossEncoder`) tokenize, collate and
+finish the same way whatever runs the pass between collate and finish; a `Backend` is that pass
+and the facts of the device it runs on. Each backend gives one float32 row per item of a batch
+(filler rows of a padded shape dropped), one of three kinds (`OUTPUTS`):
+
+    pooled          (N, D)  sentence embeddings before normalisation (embed)
+    probabilities   (N, L)  label probabilities, the model's own activation applied (classify)
+    logits          (N, L)  raw logits (rerank: one label, activated per request in finish)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from sidecar.models.bert import BertEncoder
+from sidecar.models.device import OnTorchDevice
+from sidecar.models.pooling import pool
+from sidecar.models.tokens import Batch
+
+OUTPUTS = ("pooled", "probabilities", "logits")
+
+Rows = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Head:
+    """What a text recipe asks of its backend's rows.
+
+    Attributes:
+        output: one of `OUTPUTS`.
+        pooling: `pooled`: the pooling modes, concatenated in this order.
+        multi_label: `probabilities`: a sigmoid per label instead of a softmax over them.
+    """
+
+    output: str
+    pooling: tuple[str, ...] = ("mean",)
+    multi_label: bool = False
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output {self.output!r} is not one of {OUTPUTS}")
+
+
+class Backend(Protocol):
+    """The forward pass of a text recipe, and how to read the errors of its device.
+
+    Attributes:
+        device: where batches are collated for it (pinned host memory when CUDA).
+        dtype: the dtype it computes in.
+        name: `torch` or `onnxruntime` (the model card's `backend`).
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+    name: str
+
+    def run(self, batch: Batch) -> Rows:
+        """One float32 row per item of the batch (filler rows dropped)."""
+        ...
+
+    def is_oom(self, exc: BaseException) -> bool: ...
+
+    def is_fatal(self, exc: BaseException) -> bool: ...
+
+    def release_memory(self) -> None: ...
+
+
+class TorchBackend(OnTorchDevice):
+    """A BERT-family encoder in torch and what follows it: pooling in fp32, or its head.
+
+    Args:
+        encoder: the encoder, with a classification head unless the head's output is `pooled`.
+        head: what to give.
+    """
+
+    name = "torch"
+
+    def __init__(self, encoder: BertEncoder, head: Head) -> None:
+        self.encoder = encoder
+        self.head = head
+        weight = encoder.embeddings.word.weight
+        self.device = weight.device
+        self.dtype = weight.dtype
+
+    def run(self, batch: Batch) -> Rows:
+        items = batch.num_items
+        with torch.inference_mode():
+            hidden, mask = self.encoder.encode(batch)  # (B, T, H), (B, T)
+            if self.head.output == "pooled":
+                hidden = hidden.float()  # (B, T, H): pool in fp32 whatever the model dtype
+                pooled = pool(hidden, mask.to(hidden.dtype), self.head.pooling)  # (B, D)
+                return pooled[:items].cpu().numpy()
+            logits = self.encoder.classify(hidden).float()  # (B, L)
+            if self.head.output == "probabilities":
+                logits = activate(logits, multi_label=self.head.multi_label)
+            return logits[:items].cpu().numpy()
+
+
+def activate(logits: torch.Tensor, *, multi_label: bool) -> torch.Tensor:
+    """Label probabilities (B, L) from logits (B, L): a sigmoid each, or a softmax over them."""
+    return torch.sigmoid(logits) if multi_label else logits.softmax(-1)
