@@ -50,6 +50,8 @@ class Peer:
     # How to ask it to stop; None: SIGTERM to its whole process group. Either way the group is
     # SIGKILLed if it has not exited after 30 s, and whatever is left of it once it has.
     stop: Callable[[subprocess.Popen], None] | None = None
+    # Its working directory (default: its venv folder).
+    cwd: Path | None = None
 
 
 def _signal_leader(proc: subprocess.Popen) -> None:
@@ -78,6 +80,20 @@ def _infinity_command(model: Path, port: int, s: dict[str, Any]) -> list[str]:
         "--model-id", str(model), "--served-model-name", "minilm", "--device", "cpu",
         "--port", str(port), "--batch-size", str(s["batch_size"]),
         "--dtype", dtype[s.get("dtype", "float32")], "--no-bettertransformer",
+        "--no-model-warmup", "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def _infinity_onnx_command(model: Path, port: int, s: dict[str, Any]) -> list[str]:
+    # Its ONNX Runtime engine (`optimum`) needs an ONNX graph beside the tokenizer: setup.sh
+    # exports the demo model with optimum into the venv. It runs in that directory as `.`:
+    # Infinity 0.0.78 hands optimum 2.1 the graph's path as found under the model id, which
+    # optimum takes relative to it. Mean pooling as the snapshot says (`auto` would take the
+    # [CLS] token for this engine).
+    return [
+        str(VENVS / "infinity-onnx" / "bin" / "infinity_emb"), "v2", "--engine", "optimum",
+        "--model-id", ".", "--served-model-name", "minilm", "--device", "cpu",
+        "--port", str(port), "--batch-size", str(s["batch_size"]), "--pooling-method", "mean",
         "--no-model-warmup", "--log-level", "warning",
     ]  # fmt: skip
 
@@ -113,6 +129,17 @@ PEERS: dict[str, Peer] = {
         sweep=tuple({"batch_size": b} for b in (16, 32, 64)),
         default={"batch_size": 16},
     ),
+    "infinity-onnx": Peer(
+        name="infinity-onnx",
+        path="/embeddings",
+        health="/health",
+        body=lambda text: {"model": "minilm", "input": [text]},
+        embedding=lambda out: out["data"][0]["embedding"],
+        command=_infinity_onnx_command,
+        cwd=VENVS / "infinity-onnx" / "model",
+        sweep=tuple({"batch_size": b} for b in (8, 16, 32, 64)),
+        default={"batch_size": 16},
+    ),
     "ray": Peer(
         name="ray",
         path="/predict",
@@ -146,7 +173,7 @@ async def run_peer(
     # In its venv folder: what a peer writes to its working directory (LitServe writes a
     # client.py there) stays out of the repository.
     proc = subprocess.Popen(
-        argv, env={**os.environ, **OFFLINE}, cwd=VENVS / peer.name, stdout=log,
+        argv, env={**os.environ, **OFFLINE}, cwd=peer.cwd or VENVS / peer.name, stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its workers share the group: stop them all at the end
     )  # fmt: skip
