@@ -3,14 +3,18 @@ each batch to the shape the batcher counts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from batching import Buckets
 from sidecar.config import Settings
 from sidecar.models import Embeddings, TextInputs, run_inline
+from sidecar.serving import loading
 from sidecar.serving.engine import batch_config
 from sidecar.serving.shapes import shape_buckets, warmup_shapes
 from tests.sidecar.conftest import StartServer
+from tests.snapshots import make_bert_snapshot
 
 
 def test_buckets_are_on_for_cuda_and_off_for_a_cpu_unless_asked() -> None:
@@ -69,3 +73,14 @@ async def test_a_served_model_pads_to_the_length_buckets_the_batcher_counts(
     assert isinstance(unpadded, Embeddings)
     cosines = (inference.result.vectors * unpadded.vectors).sum(axis=1)
     assert np.all(cosines >= 0.99999), cosines
+
+
+def test_a_cpu_with_buckets_warms_up_every_length_up_to_the_input_limit(tmp_path: Path) -> None:
+    directory = make_bert_snapshot(tmp_path, max_seq_length=None)  # the 512 positions
+    settings = Settings.from_env(
+        {"SIDECAR_MODEL": str(directory), "SIDECAR_DEVICE": "cpu", "SIDECAR_SHAPE_BUCKETS": "on"}
+    )
+    loaded = loading.load(settings)
+    lengths = batch_config(settings, "cpu", 512).buckets.lengths
+    assert lengths[-1] == 512
+    assert [tokens for tokens, _ in loaded.warmup_timings] == list(lengths)
