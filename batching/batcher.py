@@ -30,7 +30,7 @@ so only the failing item's caller gets the error (the failed pass's frames clear
 of memory (`is_oom`) also halves the token budget for `oom_cooldown_s` and runs `after_oom` on
 the device thread before the halves. A fatal error (`is_fatal`: the device is unusable) is never
 retried: the batch, the queue and every later submission fail at once with DeviceFailedError.
-Results are set only on futures not already done.
+Results are set only on futures not already done. Batch figures carry `on_submit`'s tags.
 """
 
 from __future__ import annotations
@@ -205,11 +205,9 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             raise ValueError("items and costs differ in length")
         if not items:
             return []
-        for cost in costs:
-            if not 0 < cost <= self.config.max_tokens:
-                raise ItemTooLargeError(
-                    f"item cost {cost} outside 1..{self.config.max_tokens} tokens"
-                )
+        max_tokens = self.config.max_tokens
+        if too_large := [cost for cost in costs if not 0 < cost <= max_tokens]:
+            raise ItemTooLargeError(f"item cost {too_large[0]} outside 1..{max_tokens} tokens")
         now = self._clock()
         if len(self._queue) + len(items) > self.config.queue_max:
             self._observer.on_reject("queue_full", len(items))
@@ -221,10 +219,10 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             self._observer.on_reject("deadline", len(items))
             raise DeadlineExceededError("the deadline passed before the request was queued")
 
-        loop = asyncio.get_running_loop()
-        padded = self.config.padded_length
+        new_future, padded = asyncio.get_running_loop().create_future, self.config.padded_length
+        tag = self._observer.on_submit()  # in the caller's task: a tracer reads its context
         entries = [
-            Entry(item, cost, padded(cost), deadline, now, loop.create_future(), next(self._seq))
+            Entry(item, cost, padded(cost), deadline, now, new_future(), next(self._seq), tag)
             for item, cost in zip(items, costs, strict=True)
         ]
         self._queue.add(entries)
@@ -359,7 +357,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         dispatch: _Dispatch,
     ) -> None:
         try:
-            live, results, elapsed = await self._device.call(self._run_in_thread, batch, prepared)
+            run = await self._device.call(self._run_in_thread, batch, prepared)
         except Exception as exc:
             padded_tokens = self.config.padded_tokens(len(batch), max(e.cost for e in batch))
             out_of_memory = self._device.take_failure(exc, padded_tokens)
@@ -374,7 +372,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
                 return
             logger.debug("batch of %d failed (%s); retrying halves", len(live), type(exc).__name__)
         else:
-            self._deliver(live, results, elapsed, dispatch)
+            self._deliver(*run, dispatch)
             return
         # The failed pass's exception is gone by now (its frames cleared too): nothing keeps
         # that batch's activations alive while the device frees memory and runs the halves.
@@ -388,6 +386,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         self,
         live: list[Entry[ItemT, ResultT]],
         results: Sequence[ResultT],
+        started: float,
         elapsed: float,
         dispatch: _Dispatch,
     ) -> None:
@@ -412,20 +411,23 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
                 queue_s=tuple(dispatch.dispatched_at - e.enqueued_at for e in live),
                 wait_s=dispatch.wait_s,
                 inference_s=elapsed,
+                tags=tuple(e.tag for e in live),
+                dispatched_at=dispatch.dispatched_at,
+                started_at=started,
             )
         )
 
     def _run_in_thread(
         self, batch: list[Entry[ItemT, ResultT]], prepared: PreparedT | None
-    ) -> tuple[list[Entry[ItemT, ResultT]], Sequence[ResultT], float]:
+    ) -> tuple[list[Entry[ItemT, ResultT]], Sequence[ResultT], float, float]:
         live = [e for e in batch if not e.dropped]
         if not live:
-            return live, [], 0.0
+            return live, [], self._clock(), 0.0
         if prepared is None or len(live) != len(batch):
             prepared = self._prepare([e.item for e in live])
         started = self._clock()
         results = self._run(prepared)
-        return live, results, self._clock() - started
+        return live, results, started, self._clock() - started
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -445,6 +447,4 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
 
     def _retry_after_s(self, incoming: int) -> float:
         excess = len(self._queue) + incoming - self.config.queue_max
-        if self._drain_per_s <= 0:
-            return 1.0
-        return max(1.0, excess / self._drain_per_s)
+        return max(1.0, excess / self._drain_per_s) if self._drain_per_s > 0 else 1.0

@@ -15,6 +15,11 @@ class BatchStats:
     queue_s: tuple[float, ...]
     wait_s: float
     inference_s: float
+    # What `on_submit` returned for each item's submission, in item order, and when the batch
+    # left the queue and its forward pass began (the batcher's clock): for a tracer.
+    tags: tuple[object, ...] = ()
+    dispatched_at: float = 0.0
+    started_at: float = 0.0
 
     @property
     def padding_ratio(self) -> float:
@@ -24,6 +29,11 @@ class BatchStats:
 
 class BatchObserver:
     """Receives the batcher's figures; this base ignores them."""
+
+    def on_submit(self) -> object:
+        """Called in the submitting task as its items are queued; what it returns comes back
+        as each of those items' `BatchStats.tags` entry (a tracer's request span)."""
+        return None
 
     def on_batch(self, stats: BatchStats) -> None:
         """Called after each successful forward pass."""

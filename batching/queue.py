@@ -30,6 +30,7 @@ class Entry(Generic[ItemT, ResultT]):
     enqueued_at: float
     future: asyncio.Future[ResultT]
     seq: int
+    tag: object  # the observer's `on_submit` value for the submission
     # Read by the device thread, written on the loop: a plain bool flag is enough.
     dropped: bool = False
     taken: bool = False  # it left the queue in a batch (a drop after that may be too late)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import threading
 import time
@@ -206,6 +207,33 @@ async def test_burst_of_max_size_goes_as_one_batch(started) -> None:
     assert time.monotonic() - started_at < 0.05  # full: no window wait
     assert results == [[2 * i] for i in range(16)]
     assert len(device.seen) == 1 and sorted(device.seen[0]) == list(range(16))
+
+
+async def test_each_item_carries_the_tag_its_submitting_task_gave(started) -> None:
+    # A tracer's observer reads the caller's context in `on_submit`; the batch reports it back
+    # per item, with when the batch left the queue and when its forward pass began.
+    caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
+
+    @dataclass
+    class Tagger(Recorder):
+        def on_submit(self) -> object:
+            return caller.get()
+
+    async def submit(name: str, items: list[int]) -> list[int]:
+        caller.set(name)
+        return await batcher.submit(items, [4] * len(items))
+
+    device, recorder = Device(), Tagger()
+    batcher = make(device, recorder, max_size=16, window_s=0.05, adaptive=False)
+    started(batcher)
+    await batcher.start()
+    before = time.monotonic()
+    await asyncio.gather(submit("a", [1, 2]), submit("b", [3]), submit("c", list(range(4, 17))))
+    (stats,) = recorder.batches
+    by_item = dict(zip(device.seen[0], stats.tags, strict=True))
+    assert by_item == {1: "a", 2: "a", 3: "b"} | {i: "c" for i in range(4, 17)}
+    assert before <= stats.dispatched_at <= stats.started_at <= time.monotonic()
+    assert all(0 <= q <= stats.dispatched_at - before for q in stats.queue_s)
 
 
 async def test_min_size_holds_until_twice_the_window(started) -> None:
