@@ -35,6 +35,8 @@ _FALSE = ("0", "false", "no", "off")
 # bound lets the batcher fill up to the knee it measures (still under SIDECAR_BATCH_MAX_TOKENS).
 CPU_MAX_SIZE = 32
 CUDA_MAX_SIZE = 256
+# SIDECAR_CACHE_MAX_ITEMS at most: 16.7 million entries, ~30 GiB of 384-dimension embeddings.
+MAX_CACHE_ITEMS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class Settings:
     batch_max_padding: float | None = None  # None: by device (serving.engine.CPU_MAX_PADDING)
     shape_buckets: str = "auto"  # auto: on CUDA, not on a CPU (see serving.shapes)
     queue_max: int = 512
+    cache_max_items: int = 0  # 0: no response cache
     request_timeout_ms: int = 30000
     max_input_tokens: int | None = None
     max_client_batch: int = 256  # from_env: unset follows a lower queue_max
@@ -187,6 +190,7 @@ class Settings:
             batch_max_padding=env.get("SIDECAR_BATCH_MAX_PADDING", _float_in(0.0, 1.0), None),
             shape_buckets=env.get("SIDECAR_SHAPE_BUCKETS", _choice(("auto", "on", "off")), "auto"),
             queue_max=(queue_max := env.get("SIDECAR_QUEUE_MAX", _int_in(1, 1 << 20), 512)),
+            cache_max_items=env.get("SIDECAR_CACHE_MAX_ITEMS", _int_in(0, MAX_CACHE_ITEMS), 0),
             request_timeout_ms=env.get("SIDECAR_REQUEST_TIMEOUT_MS", _int_in(1, 3_600_000), 30000),
             max_input_tokens=env.get("SIDECAR_MAX_INPUT_TOKENS", _int_in(2, 1 << 20), None),
             # Unset, it follows a lower queue limit: only limits the user set can contradict.

@@ -14,7 +14,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from batching import BatchObserver, BatchStats
@@ -93,7 +93,9 @@ class Metrics(BatchObserver):
         self.ready = Gauge("sidecar_ready", "1 when the model serves requests.", registry=r)
 
     def watch(self, service: Service) -> None:
-        """Read readiness, queue depth and weight bytes loaded so far at scrape time."""
+        """Read readiness, queue depth, weight bytes loaded so far and the response cache's
+        figures at scrape time."""
+        self.registry.register(CacheCollector(service))
         self.ready.set_function(lambda: float(service.ready))
         self.queue_depth.set_function(
             lambda: float(service.served.engine.batcher.queue_depth) if service.served else 0.0
@@ -130,6 +132,36 @@ class Metrics(BatchObserver):
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class CacheCollector(Collector):
+    """The response cache's counts, read at scrape time; zeros while it is off.
+
+    The cache counts on the event loop; a scrape on the health port's thread reads plain ints.
+    """
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        cache = self._service.cache
+        hits, misses, items, size = (
+            (0, 0, 0, 0)
+            if cache is None  # an empty cache is falsy (len): test for None
+            else (cache.hits, cache.misses, len(cache), cache.num_bytes)
+        )
+        total = CounterMetricFamily(
+            "sidecar_cache", "Items looked up in the response cache, by result.", labels=["result"]
+        )
+        total.add_metric(["hit"], hits)
+        total.add_metric(["miss"], misses)
+        yield total
+        yield GaugeMetricFamily("sidecar_cache_items", "Entries in the response cache.", items)
+        yield GaugeMetricFamily(
+            "sidecar_cache_bytes",
+            "Output and key bytes the response cache holds (Python overhead not counted).",
+            size,
+        )
 
 
 # GPU gauges read through NVML at scrape time. The device is looked up by its CUDA UUID, so the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,11 @@ class CrossEncoder:
                     encoded[i] = pair
             pairs.extend(encoded)
         return Prepared(pairs, [len(ids) for ids, _ in pairs])
+
+    def cache_key(self, pair: Pair) -> bytes:
+        """The pair's length, token ids and segment ids: all the forward pass reads of it."""
+        ids, types = pair
+        return array("q", [len(ids), *ids, *types]).tobytes()
 
     def collate(self, pairs: Sequence[Pair], shape: PadShape | None = None) -> Batch:
         """Right-pad the pairs' ids and segment ids to the longest, or to the shape `shape`

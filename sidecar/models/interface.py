@@ -3,6 +3,7 @@
 A request's inputs go through a model in four steps (DESIGN section 11):
 
     prepare(inputs)          -> Prepared(items, costs)   validate, tokenize, truncate
+    cache_key(item)          -> bytes | None             what determines the item's output
     collate(items, shape)    -> batch                    pad a batch of items (batcher thread)
     forward(batch)           -> outputs, one per item    the forward pass (the device thread)
     finish(outputs, inputs)  -> Result                   normalise, activate, label
@@ -249,6 +250,11 @@ class Model(Protocol[ItemT, BatchT, OutputT]):
         Raises:
             InputError: the inputs do not suit the model (wrong kind, too long, ...).
         """
+        ...
+
+    def cache_key(self, item: ItemT) -> bytes | None:
+        """Bytes that fully determine the item's output of `forward` on this loaded model (the
+        response cache's key, with the model version), or None when it cannot be cached."""
         ...
 
     def collate(self, items: Sequence[ItemT], shape: PadShape | None = None) -> BatchT:

@@ -157,6 +157,18 @@ class TensorModel:
             raise InputError(f"input {spec.name!r} has no rows")
         return int(array.shape[0])
 
+    def cache_key(self, item: Item) -> bytes | None:
+        """Each input's dtype, shape and bytes, in the graph's order; None for object arrays
+        (their bytes are pointers, not values)."""
+        parts = []
+        for name in self._inputs:
+            row = item[name]
+            if row.dtype.hasobject:
+                return None
+            parts.append(f"{row.dtype.str}{row.shape};".encode())
+            parts.append(np.ascontiguousarray(row).tobytes())
+        return b"".join(parts)
+
     def collate(self, items: Sequence[Item], shape: PadShape | None = None) -> TensorBatch:
         """Stack the items, one group per shape; with `shape`, each group padded to the rows it
         gives (filler rows: copies of the group's first)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,10 @@ class TextModel:
                     seq = self.truncate(seq, limit)
                 ids.append(seq)
         return Prepared(ids, [len(seq) for seq in ids])
+
+    def cache_key(self, ids: list[int]) -> bytes:
+        """The token ids (after truncation): all the forward pass reads of an item."""
+        return array("q", ids).tobytes()
 
     def collate(self, seqs: Sequence[Sequence[int]], shape: PadShape | None = None) -> Batch:
         """Right-pad token id sequences to the longest, or to the shape `shape` gives."""

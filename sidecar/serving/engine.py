@@ -4,6 +4,7 @@ prepare   on the event loop for small inputs, else on the preparation thread
 collate   on the batcher's collation thread (or the device thread when it is idle)
 forward   on the device thread, which one engine or many share
 finish    on the event loop
+cache     looked up on the event loop before the batcher, misses stored after it (cache.py)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from batching import BatchConfig, Batcher, BatchObserver, DeadlineExceededError
 from sidecar.config import CPU_MAX_SIZE, CUDA_MAX_SIZE, Settings
 from sidecar.models import MAX_CHARS_PER_TOKEN, Inputs, Model, ModelCard, Prepared, Result
+from sidecar.serving.cache import MISS, Key, ResponseCache
 from sidecar.serving.shapes import shape_buckets
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class Engine:
         config: the batching bounds.
         observer: receives batch figures (the metrics).
         executors: the threads it runs on (shared by every engine of the process).
+        cache: the response cache (shared by every engine), or None: every item is computed.
     """
 
     def __init__(
@@ -57,9 +60,13 @@ class Engine:
         *,
         observer: BatchObserver,
         executors: Executors,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.model = model
         self.card: ModelCard = model.card
+        self._cache = cache
+        # This load of the model: its entries are never another load's, even of the same files.
+        self._cache_scope = cache.new_scope() if cache is not None else 0
         self._prepare_executor = executors.prepare
         # With shape buckets the model pads each batch to the shape the batcher counts it as.
         collate = functools.partial(model.collate, shape=config.padded_shape)
@@ -93,6 +100,8 @@ class Engine:
     async def stop(self) -> None:
         """Stop batching; whatever is still queued fails with `BatcherClosedError`."""
         await self.batcher.stop()
+        if self._cache is not None:
+            self._cache.discard_scope(self._cache_scope)
 
     async def infer(self, inputs: Inputs, *, deadline: float | None) -> Inference:
         """Prepare `inputs`, run their items through the batcher, finish the outputs.
@@ -103,21 +112,55 @@ class Engine:
         """
         max_chars = self.card.max_input_tokens * MAX_CHARS_PER_TOKEN
         if inputs.num_chars_within(max_chars) <= INLINE_PREPARE_CHARS:
-            prepared = self.model.prepare(inputs)
+            prepared, keys = self._prepare(inputs)
         else:
-            prepared = await self._prepare_off_loop(inputs, deadline)
-        outputs: Sequence[Any] = await self.batcher.submit(
-            prepared.items, prepared.costs, deadline=deadline
-        )
+            prepared, keys = await self._prepare_off_loop(inputs, deadline)
+        if self._cache is None:
+            outputs: Sequence[Any] = await self.batcher.submit(
+                prepared.items, prepared.costs, deadline=deadline
+            )
+        else:
+            outputs = await self._cached(prepared, keys, self._cache, deadline)
         return Inference(self.model.finish(outputs, inputs), prepared.num_tokens)
 
-    async def _prepare_off_loop(self, inputs: Inputs, deadline: float | None) -> Prepared[Any]:
-        """`model.prepare` on the preparation thread, waited for no later than the deadline.
+    async def _cached(
+        self,
+        prepared: Prepared[Any],
+        keys: list[Key | None],
+        cache: ResponseCache,
+        deadline: float | None,
+    ) -> list[Any]:
+        """The items' outputs: hits from the cache, misses through the batcher, then stored."""
+        outputs = cache.lookup(keys)
+        missing = [index for index, output in enumerate(outputs) if output is MISS]
+        if missing:
+            computed = await self.batcher.submit(
+                [prepared.items[i] for i in missing],
+                [prepared.costs[i] for i in missing],
+                deadline=deadline,
+            )
+            for index, output in zip(missing, computed, strict=True):
+                outputs[index] = output
+                cache.store(keys[index], output)
+        return outputs
+
+    def _prepare(self, inputs: Inputs) -> tuple[Prepared[Any], list[Key | None]]:
+        """`model.prepare`, and each item's cache key when there is a cache."""
+        prepared = self.model.prepare(inputs)
+        if self._cache is None:
+            return prepared, []
+        scope, key = self._cache_scope, self.model.cache_key
+        return prepared, [ResponseCache.key(scope, key(item)) for item in prepared.items]
+
+    async def _prepare_off_loop(
+        self, inputs: Inputs, deadline: float | None
+    ) -> tuple[Prepared[Any], list[Key | None]]:
+        """`_prepare` on the preparation thread, waited for no later than the deadline.
 
         Past it, the request gets its 504 at once; if its turn has not come, it never runs.
         """
         loop = asyncio.get_running_loop()
-        pending = loop.run_in_executor(self._prepare_executor, self.model.prepare, inputs)
+        pending = loop.run_in_executor(self._prepare_executor, self._prepare, inputs)
         try:
             async with asyncio.timeout(None if deadline is None else deadline - time.monotonic()):
                 return await pending

@@ -19,6 +19,7 @@ from batching import BatchObserver, DeviceFailedError
 from sidecar.config import Settings, served_name_from
 from sidecar.errors import DrainingError, ModelNotFoundError, NotReadyError
 from sidecar.serving import loading
+from sidecar.serving.cache import ResponseCache
 from sidecar.serving.engine import Engine, Executors, batch_config
 from sidecar.serving.loading import Loaded, LoadReport
 
@@ -49,8 +50,8 @@ class ServedModel:
 class Service:
     """Loads the model, routes requests to it, counts them, and drains them.
 
-    The threads every engine runs on (`Executors`: the device, collation, preparation) are
-    created here, once.
+    The threads every engine runs on (`Executors`: the device, collation, preparation) and the
+    response cache they share (None when SIDECAR_CACHE_MAX_ITEMS is 0) are created here, once.
 
     Args:
         settings: the process's settings.
@@ -65,6 +66,7 @@ class Service:
         self.loaded_bytes = 0  # weight bytes streamed so far (progress while loading)
         self._observer = observer
         self._executors = Executors.create()
+        self.cache = ResponseCache(settings.cache_max_items) if settings.cache_max_items else None
         self._inflight = 0
         self._quiet = asyncio.Event()
         self._quiet.set()
@@ -84,6 +86,7 @@ class Service:
             batch_config(settings, card.device, card.max_input_tokens),
             observer=self._observer,
             executors=self._executors,
+            cache=self.cache,
         )
         await engine.start(loaded.warmup_timings)
         served = ServedModel(
