@@ -153,3 +153,17 @@ def test_max_client_batch_follows_a_lower_queue_limit_unless_set() -> None:
 def test_transport_limits_are_validated(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env({variable: value})
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "1.5", str((1 << 24) + 1)])
+def test_cache_size_is_validated(value: str) -> None:
+    with pytest.raises(
+        ConfigError, match=r"SIDECAR_CACHE_MAX_ITEMS=.*an integer from 0 to 16777216"
+    ):
+        Settings.from_env({"SIDECAR_CACHE_MAX_ITEMS": value})
+
+
+def test_the_cache_is_off_unless_sized() -> None:
+    assert Settings.from_env({}).cache_max_items == 0
+    assert Settings.from_env({"SIDECAR_CACHE_MAX_ITEMS": "0"}).cache_max_items == 0
+    assert Settings.from_env({"SIDECAR_CACHE_MAX_ITEMS": "10000"}).cache_max_items == 10000

@@ -190,6 +190,7 @@ async def test_sigterm_drains_in_flight_requests(
         ("SIDECAR_AUTH_TOKEN_FILE", "/nonexistent/token"),
         ("SIDECAR_MODEL_SHA256", "abc123"),
         ("SIDECAR_LOAD_MODE", "lazy"),
+        ("SIDECAR_CACHE_MAX_ITEMS", "-1"),
     ],
 )
 def test_invalid_env_exits_2_naming_the_variable(

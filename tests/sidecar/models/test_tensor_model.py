@@ -26,6 +26,7 @@ from sidecar.models import (
 )
 from sidecar.models.families import load_model
 from sidecar.models.tensor_model import TensorModel
+from sidecar.serving.cache import ResponseCache
 from sidecar.serving.engine import Engine, Executors
 from tests.onnx_graphs import cnn_graph, mlp_graph
 
@@ -193,3 +194,34 @@ async def test_concurrent_requests_are_batched_and_answered_in_order(mlp) -> Non
         assert answer.num_tokens == len(y)
     assert sum(sizes.sizes) == 48 and max(sizes.sizes) > 1
     assert len(sizes.sizes) < len(requests)  # 24 requests' rows in fewer runs of the graph
+
+
+async def test_cached_rows_are_not_run_again(mlp) -> None:
+    directory, _ = mlp
+    sizes, executors = Sizes(), Executors.create()
+    cache = ResponseCache(16)
+    config = BatchConfig(window_s=0.0, max_size=16, adaptive=False)
+    engine = Engine(load(directory), config, observer=sizes, executors=executors, cache=cache)
+    await engine.start()
+    rng = np.random.default_rng(3)
+    feeds = {
+        "x": rng.standard_normal((3, 16), dtype=np.float32),
+        "bias": rng.standard_normal((3, 4), dtype=np.float32),
+    }
+    changed = {name: array.copy() for name, array in feeds.items()}
+    changed["bias"][2, 0] += 1.0  # one element of one row
+    try:
+        first = await engine.infer(TensorInputs(feeds), deadline=None)
+        again = await engine.infer(TensorInputs(feeds, outputs=("norm",)), deadline=None)
+        other = await engine.infer(TensorInputs(changed), deadline=None)
+    finally:
+        await engine.stop()
+        executors.shutdown()
+    assert isinstance(first.result, Tensors) and isinstance(again.result, Tensors)
+    assert list(again.result.outputs) == ["norm"]  # the outputs asked for, from the hits
+    assert np.array_equal(again.result.outputs["norm"], first.result.outputs["norm"])
+    assert isinstance(other.result, Tensors)
+    assert np.array_equal(other.result.outputs["y"][:2], first.result.outputs["y"][:2])
+    assert (cache.hits, cache.misses) == (5, 4)
+    assert sizes.sizes == [3, 1]  # the changed row alone ran again
+    assert len(cache) == 0  # a stopped engine's entries are dropped
