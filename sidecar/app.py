@@ -7,8 +7,9 @@ from collections.abc import Iterable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from sidecar.api import PROTOCOLS, health, wire
-from sidecar.api.keys import BODY_BUDGET, METRICS, SERVICE, TIMELINE
+from sidecar.api import PROTOCOLS, health, openapi, wire
+from sidecar.api.keys import BODY_BUDGET, METRICS, OPENAPI, SERVICE, TIMELINE
+from sidecar.api.schema import Limits
 from sidecar.api.wire import BodyBudget
 from sidecar.auth import BearerToken, require_token
 from sidecar.metrics import Metrics
@@ -30,6 +31,8 @@ def build_api_app(
     for protocol in PROTOCOLS:
         app.add_routes(_continue_when_read(protocol.routes()))
     app.add_routes(_continue_when_read(health.routes()))
+    limits = Limits.of(service.settings)
+    app[OPENAPI] = openapi.render((*PROTOCOLS, health), limits, auth=auth is not None)
     return app
 
 

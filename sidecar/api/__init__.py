@@ -4,16 +4,19 @@
     openai    /v1/embeddings
     rerank    /v1/rerank (the Cohere / Jina / vLLM shape)
     health    /livez, /readyz, /startupz, /metrics
+    openapi   /openapi.json (the document of every module's routes)
 
-Each module holds its request types and handlers and exposes `routes()`. A handler parses the
+Each module holds its request types and handlers and exposes `routes()`, and `openapi_paths()`:
+its routes' OpenAPI path items, whose request bodies are the `schema` types the handlers check
+bodies with (a route missing from them fails tests/sidecar/test_openapi.py). A handler parses the
 body into `sidecar.models` inputs, asks the `Service` (through the app's keys) for the model and
 its engine, and renders the result; it never touches a tokenizer or torch.
 """
 
 from __future__ import annotations
 
-from sidecar.api import health, native, openai, rerank
+from sidecar.api import health, native, openai, openapi, rerank
 
-PROTOCOLS = (native, openai, rerank)
+PROTOCOLS = (native, openai, rerank, openapi)
 
-__all__ = ["PROTOCOLS", "health", "native", "openai", "rerank"]
+__all__ = ["PROTOCOLS", "health", "native", "openai", "openapi", "rerank"]

@@ -8,9 +8,13 @@ true while draining). `/metrics`: Prometheus exposition.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from sidecar.api.keys import METRICS, SERVICE
+from sidecar.api.openapi import ERROR_REF, STRING, json_content, operation, record
+from sidecar.api.schema import Limits
 from sidecar.api.wire import json_response
 from sidecar.errors import NotReadyError
 
@@ -22,6 +26,36 @@ def routes() -> list[web.RouteDef]:
         web.get("/startupz", startupz),
         web.get("/metrics", metrics),
     ]
+
+
+def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
+    def probe(summary: str, status: str) -> dict[str, Any]:
+        return operation(
+            summary,
+            limits=limits,
+            ok=json_content(record(status={"const": status})),
+            errors=[503],
+            tag="health",
+            guarded=False,
+        )
+
+    livez = probe("Process and device worker alive (never asks for a token)", "alive")
+    failed = record(status={"const": "failed"}, reason=STRING)
+    livez["responses"]["503"]["content"] = json_content({"anyOf": [failed, ERROR_REF]})
+    livez["responses"]["503"]["description"] = "failed: a fatal device error or a hung pass"
+    return {
+        "/livez": {"get": livez},
+        "/readyz": {"get": probe("Model loaded, warmed and not draining", "ready")},
+        "/startupz": {"get": probe("Start-up finished", "started")},
+        "/metrics": {
+            "get": operation(
+                "Prometheus exposition",
+                limits=limits,
+                ok={"text/plain": {"schema": STRING}},
+                tag="health",
+            )
+        },
+    }
 
 
 async def livez(request: web.Request) -> web.StreamResponse:

@@ -24,6 +24,7 @@ SERVICE: web.AppKey[Service] = web.AppKey("service")
 BODY_BUDGET: web.AppKey[BodyBudget] = web.AppKey("body_budget")
 METRICS: web.AppKey[Exposition] = web.AppKey("metrics")
 TIMELINE: web.AppKey[Timeline] = web.AppKey("timeline")
+OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)  # the document, rendered once
 ARRIVED_AT: web.RequestKey[float] = web.RequestKey("arrived_at", float)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 BODY_BYTES: web.RequestKey[int] = web.RequestKey("body_bytes", int)  # charged to BODY_BUDGET

@@ -17,16 +17,38 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from sidecar import __version__
-from sidecar.api import wire
+from sidecar.api import openapi, wire
 from sidecar.api.keys import ARRIVED_AT, SERVICE, TIMELINE
-from sidecar.errors import InvalidInputError
+from sidecar.api.openapi import (
+    BOOLEAN,
+    INTEGER,
+    NUMBER,
+    STRING,
+    array,
+    json_content,
+    model_parameter,
+    nullable,
+    record,
+)
+from sidecar.api.schema import Boolean, Field, JsonSchema, Limits, Object, Texts
 from sidecar.models import Classifications, Embeddings, Result, TextInputs
 
 if TYPE_CHECKING:
     from sidecar.serving import ServedModel, Service
 
-_PREDICT_KEYS = {"inputs", "parameters"}
-_PARAMETERS = {"truncate", "normalize"}
+PARAMETERS = Object(
+    {
+        "truncate": Field(Boolean(), default=False, description="cut inputs over the token limit"),
+        "normalize": Field(Boolean(), default=True, description="unit-length embeddings"),
+    },
+    member="parameter",
+)
+PREDICT = Object(
+    {
+        "inputs": Field(Texts(objects=True), required=True),
+        "parameters": Field(PARAMETERS, default={}),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -38,18 +60,12 @@ class PredictRequest:
     normalize: bool = True
 
     @classmethod
-    def parse(cls, data: dict[str, Any], *, max_inputs: int) -> PredictRequest:
+    def parse(cls, data: dict[str, Any], *, limits: Limits) -> PredictRequest:
         """Check a predict body: `{"inputs": [...], "parameters": {...}}`."""
-        wire.refuse_unknown(data, _PREDICT_KEYS, "field")
-        texts = wire.texts(wire.required(data, "inputs"), "inputs", max_inputs, allow_objects=True)
-        parameters = data.get("parameters", {})
-        if not isinstance(parameters, dict):  # [], "", 0, false and null alike
-            raise InvalidInputError("'parameters' must be an object")
-        wire.refuse_unknown(parameters, _PARAMETERS, "parameter")
+        body = PREDICT.parse(data, limits)
+        parameters = body["parameters"]
         return cls(
-            texts,
-            truncate=wire.boolean(parameters, "truncate", False, name="parameters.truncate"),
-            normalize=wire.boolean(parameters, "normalize", True, name="parameters.normalize"),
+            body["inputs"], truncate=parameters["truncate"], normalize=parameters["normalize"]
         )
 
 
@@ -63,13 +79,59 @@ def routes() -> list[web.RouteDef]:
     ]
 
 
+def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
+    def predict_op(*errors: int) -> dict[str, Any]:
+        return openapi.operation(
+            "Embed or classify texts with the served model",
+            limits=limits,
+            body=PREDICT,
+            ok=json_content(_PREDICT_RESPONSE),
+            errors=errors,
+            parameters=[model_parameter()] if 404 in errors else [],
+            tag="native",
+        )
+
+    model_card = json_content(_MODEL_CARD)
+    return {
+        "/v1/predict": {"post": predict_op()},
+        "/v1/models/{model}/predict": {"post": predict_op(404)},
+        "/v1/models": {
+            "get": openapi.operation(
+                "The served model",
+                limits=limits,
+                ok=json_content(record(object={"const": "list"}, data=array(_MODEL_CARD))),
+                errors=[503],
+                tag="native",
+            )
+        },
+        "/v1/models/{model}": {
+            "get": openapi.operation(
+                "A served model's card",
+                limits=limits,
+                ok=model_card,
+                errors=[404, 503],
+                parameters=[model_parameter()],
+                tag="native",
+            )
+        },
+        "/v1/info": {
+            "get": openapi.operation(
+                "Effective settings, build version, load figures",
+                limits=limits,
+                ok=json_content(_INFO),
+                tag="native",
+            )
+        },
+    }
+
+
 @wire.inference
 async def predict(request: web.Request) -> web.StreamResponse:
     """`POST /v1/predict` and `POST /v1/models/{model}/predict`."""
     service = request.app[SERVICE]
     served = wire.model_for(request, request.match_info.get("model"), "embed", "classify")
     data = await wire.read_json(request)
-    parsed = PredictRequest.parse(data, max_inputs=service.settings.max_client_batch)
+    parsed = PredictRequest.parse(data, limits=Limits.of(service.settings))
     inference = await served.engine.infer(
         TextInputs(parsed.texts, truncate=parsed.truncate, normalize=parsed.normalize),
         deadline=wire.deadline(request),
@@ -208,3 +270,65 @@ def _batching(served: ServedModel | None) -> dict[str, Any] | None:
     if overhead is None or not math.isfinite(overhead):
         return {"batch_overhead_tokens": None}
     return {"batch_overhead_tokens": round(overhead, 1)}
+
+
+_RESULT: JsonSchema = {
+    "anyOf": [
+        record(embedding=array(NUMBER)),
+        record(
+            label=STRING, score=NUMBER, scores={"type": "object", "additionalProperties": NUMBER}
+        ),
+    ],
+    "description": "embed: {embedding}; classify: {label, score, scores}; in input order",
+}
+_PREDICT_RESPONSE = record(
+    id=STRING,
+    model=STRING,
+    model_version=STRING,
+    created=INTEGER,
+    results=array(_RESULT),
+    usage=record(input_tokens=INTEGER, total_tokens=INTEGER),
+    latency_ms=NUMBER,
+)
+_MODEL_CARD: JsonSchema = {
+    **record(
+        id=STRING,
+        object={"const": "model"},
+        version=STRING,
+        task=STRING,
+        architecture=STRING,
+        created=INTEGER,
+        owned_by=STRING,
+        device=STRING,
+        dtype=STRING,
+        max_input_tokens=INTEGER,
+        input_schema={"type": "object"},
+        batching=record(
+            window_ms=NUMBER,
+            min_size=INTEGER,
+            max_size=INTEGER,
+            max_tokens=INTEGER,
+            adaptive=BOOLEAN,
+            queue_max=INTEGER,
+        ),
+    ),
+    "additionalProperties": {
+        "description": "the task's own: embedding_dimension, pooling, labels, output_schema"
+    },
+}
+_INFO = record(
+    version=STRING,
+    phase=STRING,
+    model=nullable(STRING),
+    model_version=nullable(STRING),
+    device=nullable(STRING),
+    dtype=nullable(STRING),
+    torch=nullable(STRING),
+    settings={"type": "object", "description": "the effective settings, secrets redacted"},
+    load=nullable({"type": "object"}),
+    batching=nullable(record(batch_overhead_tokens=nullable(NUMBER))),
+    startup_s=record(
+        phases={"type": "object", "additionalProperties": NUMBER},
+        to_ready=nullable(NUMBER),
+    ),
+)

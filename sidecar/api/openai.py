@@ -15,10 +15,31 @@ from aiohttp import web
 
 from sidecar.api import wire
 from sidecar.api.keys import SERVICE
+from sidecar.api.openapi import INTEGER, NUMBER, STRING, array, json_content, operation, record
+from sidecar.api.schema import (
+    Boolean,
+    Choice,
+    Field,
+    JsonSchema,
+    Limits,
+    Object,
+    PositiveInt,
+    String,
+    Texts,
+)
 from sidecar.errors import InvalidInputError
 from sidecar.models import Embeddings, TextInputs
 
-_EMBEDDINGS_KEYS = {"input", "model", "encoding_format", "dimensions", "user", "truncate"}
+EMBEDDINGS = Object(
+    {
+        "input": Field(Texts(objects=False), required=True),
+        "model": Field(String(), nullable=True, description="the served name or 'default'"),
+        "encoding_format": Field(Choice("float", "base64"), default="float"),
+        "dimensions": Field(PositiveInt(), nullable=True, description="only the model's own"),
+        "user": Field(String(), nullable=True, description="accepted and ignored"),
+        "truncate": Field(Boolean(), default=False, description="cut inputs over the limit"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -32,19 +53,14 @@ class EmbeddingsRequest:
     truncate: bool = False
 
     @classmethod
-    def parse(cls, data: dict[str, Any], *, max_inputs: int) -> EmbeddingsRequest:
-        wire.refuse_unknown(data, _EMBEDDINGS_KEYS, "field")
-        texts = wire.texts(wire.required(data, "input"), "input", max_inputs, allow_objects=False)
-        model = wire.string(data, "model")
-        encoding = data.get("encoding_format", "float")
-        if encoding not in ("float", "base64"):
-            raise InvalidInputError("'encoding_format' must be 'float' or 'base64'")
+    def parse(cls, data: dict[str, Any], *, limits: Limits) -> EmbeddingsRequest:
+        body = EMBEDDINGS.parse(data, limits)
         return cls(
-            texts,
-            model,
-            encoding,
-            wire.positive_int(data, "dimensions"),
-            wire.boolean(data, "truncate", False),
+            body["input"],
+            body["model"],
+            body["encoding_format"],
+            body["dimensions"],
+            body["truncate"],
         )
 
 
@@ -52,12 +68,27 @@ def routes() -> list[web.RouteDef]:
     return [web.post("/v1/embeddings", embeddings)]
 
 
+def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
+    return {
+        "/v1/embeddings": {
+            "post": operation(
+                "OpenAI-compatible embeddings",
+                limits=limits,
+                body=EMBEDDINGS,
+                ok=json_content(_EMBEDDINGS_RESPONSE),
+                errors=[404],
+                tag="openai",
+            )
+        }
+    }
+
+
 @wire.inference
 async def embeddings(request: web.Request) -> web.StreamResponse:
     """`POST /v1/embeddings`."""
     service = request.app[SERVICE]
     data = await wire.read_json(request)
-    parsed = EmbeddingsRequest.parse(data, max_inputs=service.settings.max_client_batch)
+    parsed = EmbeddingsRequest.parse(data, limits=Limits.of(service.settings))
     served = wire.model_for(request, parsed.model, "embed")
     card = served.engine.card
     if parsed.dimensions is not None and parsed.dimensions != card.embedding_dim:
@@ -89,3 +120,20 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
     )
+
+
+_EMBEDDINGS_RESPONSE: JsonSchema = record(
+    object={"const": "list"},
+    data=array(
+        record(
+            object={"const": "embedding"},
+            index=INTEGER,
+            embedding={
+                "anyOf": [array(NUMBER), {"type": "string", "contentEncoding": "base64"}],
+                "description": "floats, or little-endian float32 bytes in base64",
+            },
+        )
+    ),
+    model=STRING,
+    usage=record(prompt_tokens=INTEGER, total_tokens=INTEGER),
+)

@@ -18,18 +18,30 @@ from aiohttp import web
 
 from sidecar.api import wire
 from sidecar.api.keys import SERVICE
-from sidecar.errors import InvalidInputError
+from sidecar.api.openapi import INTEGER, NUMBER, STRING, array, json_content, operation, record
+from sidecar.api.schema import (
+    Boolean,
+    Field,
+    JsonSchema,
+    Limits,
+    Object,
+    PositiveInt,
+    String,
+    Texts,
+)
 from sidecar.models import PairInputs, Scores
 
-_RERANK_KEYS = {
-    "model",
-    "query",
-    "documents",
-    "top_n",
-    "return_documents",
-    "raw_scores",
-    "truncate",
-}
+RERANK = Object(
+    {
+        "model": Field(String(), nullable=True, description="the served name or 'default'"),
+        "query": Field(String(), required=True),
+        "documents": Field(Texts(objects=True, single=False), required=True),
+        "top_n": Field(PositiveInt(), nullable=True, description="the best this many"),
+        "return_documents": Field(Boolean(), default=False),
+        "raw_scores": Field(Boolean(), default=False, description="logits, not activations"),
+        "truncate": Field(Boolean(), default=False, description="cut pairs over the limit"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -45,22 +57,16 @@ class RerankRequest:
     truncate: bool
 
     @classmethod
-    def parse(cls, data: dict[str, Any], *, max_inputs: int) -> RerankRequest:
-        wire.refuse_unknown(data, _RERANK_KEYS, "field")
-        query = wire.required(data, "query")
-        if not isinstance(query, str):
-            raise InvalidInputError("'query' must be a string")
-        documents = wire.required(data, "documents")
-        if isinstance(documents, str):
-            raise InvalidInputError("'documents' must be a list of strings or {\"text\": string}")
+    def parse(cls, data: dict[str, Any], *, limits: Limits) -> RerankRequest:
+        body = RERANK.parse(data, limits)
         return cls(
-            query,
-            wire.texts(documents, "documents", max_inputs, allow_objects=True),
-            wire.string(data, "model"),
-            wire.positive_int(data, "top_n"),
-            wire.boolean(data, "return_documents", False),
-            wire.boolean(data, "raw_scores", False),
-            wire.boolean(data, "truncate", False),
+            body["query"],
+            body["documents"],
+            body["model"],
+            body["top_n"],
+            body["return_documents"],
+            body["raw_scores"],
+            body["truncate"],
         )
 
 
@@ -68,12 +74,27 @@ def routes() -> list[web.RouteDef]:
     return [web.post("/v1/rerank", rerank)]
 
 
+def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
+    return {
+        "/v1/rerank": {
+            "post": operation(
+                "Score documents against a query, best first",
+                limits=limits,
+                body=RERANK,
+                ok=json_content(_RERANK_RESPONSE),
+                errors=[404],
+                tag="rerank",
+            )
+        }
+    }
+
+
 @wire.inference
 async def rerank(request: web.Request) -> web.StreamResponse:
     """`POST /v1/rerank`."""
     service = request.app[SERVICE]
     data = await wire.read_json(request)
-    parsed = RerankRequest.parse(data, max_inputs=service.settings.max_client_batch)
+    parsed = RerankRequest.parse(data, limits=Limits.of(service.settings))
     served = wire.model_for(request, parsed.model, "rerank")
     inference = await served.engine.infer(
         PairInputs(
@@ -98,3 +119,19 @@ async def rerank(request: web.Request) -> web.StreamResponse:
             "usage": {"total_tokens": inference.num_tokens},
         }
     )
+
+
+_RESULT: JsonSchema = {
+    "type": "object",
+    "properties": {
+        "index": INTEGER,
+        "relevance_score": NUMBER,
+        "document": record(text=STRING),
+    },
+    "required": ["index", "relevance_score"],
+    "additionalProperties": False,
+    "description": "document only when return_documents is true",
+}
+_RERANK_RESPONSE: JsonSchema = record(
+    id=STRING, model=STRING, results=array(_RESULT), usage=record(total_tokens=INTEGER)
+)

@@ -1,4 +1,4 @@
-"""What every protocol shares on the wire: guarded routes, bodies, field checks, deadlines, JSON.
+"""What every protocol shares on the wire: guarded routes, bodies, deadlines, JSON.
 
 Wire types stop here: handlers turn bodies into `sidecar.models` inputs and results back into
 bodies; nothing below sees a request or a JSON document.
@@ -21,7 +21,6 @@ from sidecar.errors import (
     InvalidJsonError,
     PayloadTooLargeError,
     RequestTimeoutError,
-    TooManyInputsError,
     UnsupportedEncodingError,
     UnsupportedTaskError,
 )
@@ -30,10 +29,6 @@ if TYPE_CHECKING:
     from sidecar.serving import ServedModel
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# An error names at most this many unknown fields, each cut to this many characters: a body of
-# a million field names gets a short answer.
-_NAMES_SHOWN = 5
-_NAME_CHARS = 64
 
 
 def inference(handler: Handler) -> Handler:
@@ -178,74 +173,3 @@ def deadline(request: web.Request) -> float:
             raise InvalidInputError("X-Request-Timeout-Ms must be a positive integer")
         timeout_ms = min(timeout_ms, asked)
     return float(request[ARRIVED_AT] + timeout_ms / 1000.0)
-
-
-def refuse_unknown(data: dict[str, Any], known: set[str], what: str) -> None:
-    """Refuse names outside `known`; the message shows a few of them, each cut short."""
-    unknown = [name for name in data if name not in known]
-    if unknown:
-        shown = ", ".join(repr(name[:_NAME_CHARS]) for name in unknown[:_NAMES_SHOWN])
-        more = f" and {len(unknown) - _NAMES_SHOWN} more" if len(unknown) > _NAMES_SHOWN else ""
-        raise InvalidInputError(
-            f"unknown {what}(s): {shown}{more}; accepted: {', '.join(sorted(known))}"
-        )
-
-
-def required(data: dict[str, Any], field: str) -> Any:
-    if field not in data:
-        raise InvalidInputError(f"'{field}' is required")
-    return data[field]
-
-
-def boolean(data: dict[str, Any], field: str, default: bool, *, name: str | None = None) -> bool:
-    """`data[field]` as a boolean, `default` when absent; `name` is how the message calls it."""
-    value = data.get(field, default)
-    if not isinstance(value, bool):
-        raise InvalidInputError(f"{name or repr(field)} must be a boolean")
-    return value
-
-
-def string(data: dict[str, Any], field: str) -> str | None:
-    """`data[field]` as a string, None when absent."""
-    value = data.get(field)
-    if value is not None and not isinstance(value, str):
-        raise InvalidInputError(f"'{field}' must be a string")
-    return value
-
-
-def positive_int(data: dict[str, Any], field: str) -> int | None:
-    """`data[field]` as a positive integer, None when absent."""
-    value = data.get(field)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise InvalidInputError(f"'{field}' must be a positive integer")
-    return value
-
-
-def texts(value: Any, field: str, max_inputs: int, *, allow_objects: bool) -> list[str]:
-    """A string, or a non-empty list of strings (or `{"text": ...}` objects where allowed)."""
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list):
-        raise InvalidInputError(f"'{field}' must be a string or a list of strings")
-    if not value:
-        raise InvalidInputError(f"'{field}' must not be empty")
-    if len(value) > max_inputs:
-        raise TooManyInputsError(
-            f"'{field}' has {len(value)} items; at most {max_inputs} are allowed per request"
-        )
-    out: list[str] = []
-    for index, item in enumerate(value):
-        if isinstance(item, str):
-            out.append(item)
-        elif allow_objects and isinstance(item, dict) and isinstance(item.get("text"), str):
-            if set(item) != {"text"}:
-                raise InvalidInputError(f"{field}[{index}] may only have the key 'text'")
-            out.append(item["text"])
-        elif isinstance(item, int | list) and not allow_objects:
-            raise InvalidInputError(
-                f"{field}[{index}]: token-id inputs are not supported; send text"
-            )
-        else:
-            shape = 'a string or {"text": string}' if allow_objects else "a string"
-            raise InvalidInputError(f"{field}[{index}] must be {shape}")
-    return out
