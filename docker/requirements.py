@@ -4,8 +4,10 @@
     python docker/requirements.py extra NAME                     one optional-dependency group
 
 The image's own torch pin (the CPU or the CUDA wheel) replaces the project's looser `torch`
-requirement. `--build` adds the build system's requirements, so that `pip wheel . --no-deps` also
-works offline from a wheelhouse. Extras are installed without their dependencies (the demo
+requirement. The runtime lines include the extras every image ships (`IMAGE_EXTRAS`: tracing,
+since nobody can pip install into a read-only image), installed with their dependencies.
+`--build` adds the build system's requirements, so that `pip wheel . --no-deps` also works
+offline from a wheelhouse. Other extras are installed without their dependencies (the demo
 package declares sentence-transformers, which the sidecar never imports), hence their own list.
 """
 
@@ -19,11 +21,15 @@ from pathlib import Path
 from typing import Any
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
+IMAGE_EXTRAS = ("tracing",)
 
 
 def runtime(pyproject: dict[str, Any], torch_spec: str, *, build: bool) -> list[str]:
-    """torch pinned first, then the project's other dependencies (and build requirements)."""
+    """torch pinned first, then the project's other dependencies and the image extras' (and
+    build requirements)."""
     lines = [line for line in pyproject["project"]["dependencies"] if _name(line) != "torch"]
+    for name in IMAGE_EXTRAS:
+        lines += extra(pyproject, name)
     if build:
         lines += pyproject["build-system"]["requires"]
     return [torch_spec, *lines]

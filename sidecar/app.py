@@ -21,13 +21,21 @@ BODY_BUDGET_BODIES = 8
 
 
 def build_api_app(
-    service: Service, metrics: Metrics, timeline: Timeline, auth: BearerToken | None
+    service: Service,
+    metrics: Metrics,
+    timeline: Timeline,
+    auth: BearerToken | None,
+    *,
+    tracing: Middleware | None = None,
 ) -> web.Application:
     """Every protocol, plus health and metrics: served on loopback TCP and the socket.
 
-    With a token, every route but the probes asks for it (`sidecar.auth`).
+    With a token, every route but the probes asks for it (`sidecar.auth`). Tracing's middleware
+    (`sidecar.otel`), when given, goes outermost: its span sees the status that was sent.
     """
     app = _base_app(service, metrics, timeline, [] if auth is None else [require_token(auth)])
+    if tracing is not None:
+        app.middlewares.insert(0, tracing)
     for protocol in PROTOCOLS:
         app.add_routes(_continue_when_read(protocol.routes()))
     app.add_routes(_continue_when_read(health.routes()))

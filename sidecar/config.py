@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -113,6 +114,53 @@ def _digest(text: str) -> str:
     return digest
 
 
+@dataclass(frozen=True)
+class Tracing:
+    """Where spans go, from the OpenTelemetry variables (tracing is off without an endpoint).
+
+    Only these are read here; the SDK reads the rest itself (OTEL_TRACES_SAMPLER and its
+    argument, OTEL_EXPORTER_OTLP_HEADERS, _TIMEOUT, _COMPRESSION, OTEL_RESOURCE_ATTRIBUTES, the
+    OTEL_BSP_* batch processor limits).
+    """
+
+    endpoint: str  # the traces URL: OTLP over HTTP, protobuf
+    service_name: str | None = None  # None: service.name of OTEL_RESOURCE_ATTRIBUTES, else sidecar
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Tracing | None:
+        """The tracing settings, or None when no OTLP endpoint is set or tracing is disabled.
+
+        Raises:
+            ConfigError: an endpoint that is not an http(s) URL, an exporter or protocol the
+                sidecar does not export with.
+        """
+        env = _Reader(environ)
+        if env.get("OTEL_SDK_DISABLED", _bool, False):
+            return None
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _http_url, None)
+        if endpoint is None:
+            # The general endpoint is a base URL: the signal's path is appended (OTLP spec).
+            base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", _http_url, None)
+            if base is None:
+                return None
+            endpoint = base.rstrip("/") + "/v1/traces"
+        if env.get("OTEL_TRACES_EXPORTER", _choice(("otlp", "none")), "otlp") == "none":
+            return None
+        # The per-signal variable wins over the general one.
+        protocol = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+        if not environ.get(protocol, "").strip():
+            protocol = "OTEL_EXPORTER_OTLP_PROTOCOL"
+        env.get(protocol, _otlp_protocol, None)
+        return cls(endpoint, env.get("OTEL_SERVICE_NAME", _nonempty, None))
+
+    def public(self) -> dict[str, str | None]:
+        """As served at /v1/info: credentials in the URL redacted."""
+        url = urllib.parse.urlsplit(self.endpoint)
+        if url.username is not None or url.password is not None:
+            url = url._replace(netloc="<redacted>@" + url.netloc.rpartition("@")[2])
+        return {"endpoint": url.geturl(), "service_name": self.service_name}
+
+
 def served_name_from(name: str) -> str:
     """A served name made from a source's name: other characters become '-'; 'model' if none."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip("._-").rstrip("-.")[:128]
@@ -165,6 +213,8 @@ class Settings:
     hf_home: str | None = None
     hf_offline: bool = False
     hf_token: str | None = dataclasses.field(default=None, repr=False)
+    # Read from the OpenTelemetry variables (see Tracing); None: no tracing.
+    tracing: Tracing | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -221,6 +271,7 @@ class Settings:
             hf_home=env.get("HF_HOME", _nonempty, None),
             hf_offline=env.get("HF_HUB_OFFLINE", _bool, False),
             hf_token=env.get("HF_TOKEN", _nonempty, None),
+            tracing=Tracing.from_env(environ),
         )
         settings.check()
         return settings
@@ -264,6 +315,7 @@ class Settings:
         values["auth_token_file"] = "<redacted>" if self.auth_token_file else None
         values["uds_mode"] = oct(self.uds_mode)
         values["model_sha256"] = self.model_sha256.text if self.model_sha256 else None
+        values["tracing"] = self.tracing.public() if self.tracing else None
         return values
 
 
@@ -353,6 +405,19 @@ def _digest_pins(raw: str) -> DigestPins:
         raise ValueError(
             f"'recorded', one sha256 hex digest, or name=digest pairs separated by commas ({exc})"
         ) from None
+
+
+def _http_url(raw: str) -> str:
+    url = urllib.parse.urlsplit(raw)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError("an http:// or https:// URL, such as http://otel-collector:4318")
+    return raw
+
+
+def _otlp_protocol(raw: str) -> str:
+    if raw.lower() != "http/protobuf":
+        raise ValueError("http/protobuf: the sidecar exports spans as OTLP over HTTP (port 4318)")
+    return raw.lower()
 
 
 def _socket_path(raw: str) -> str:

@@ -114,6 +114,7 @@ _REJECT_REASON = {400: "invalid", 413: "too_large"}
 CLIENT_GONE = 499  # nginx's convention for a client that closed the connection
 ROUTE: web.RequestKey[str] = web.RequestKey("route", str)
 UNMATCHED = "unmatched"  # the route label of requests that match no route (bounded labels)
+TRACE_ID: web.RequestKey[str] = web.RequestKey("trace_id", str)  # set when tracing is on
 
 
 def reply_for(exc: BaseException) -> tuple[Reply, str, int | None]:
@@ -207,11 +208,9 @@ def account(metrics: Metrics, request: web.BaseRequest, status: int, elapsed_s: 
     """Count one request in the metrics and write its access-log line."""
     route = request.get(ROUTE, UNMATCHED)
     metrics.observe_request(route, status, elapsed_s)
+    extra = {"request_id": request_id(request)}
+    if (trace_id := request.get(TRACE_ID)) is not None:
+        extra["trace_id"] = trace_id
     access_logger.info(
-        "%s %s %d %.2fms",
-        request.method,
-        route,
-        status,
-        elapsed_s * 1000.0,
-        extra={"request_id": request_id(request)},
+        "%s %s %d %.2fms", request.method, route, status, elapsed_s * 1000.0, extra=extra
     )

@@ -22,6 +22,7 @@ from sidecar.health_port import HEALTH_LIMITS, HealthPort
 from sidecar.metrics import Metrics
 from sidecar.serving import Phase, Service
 from sidecar.timeline import Timeline
+from sidecar.tracing import start_tracing
 from sidecar.transport import (
     RESERVED_FDS,
     Limits,
@@ -60,7 +61,9 @@ class Server:
         self.settings = settings
         self.timeline = timeline or Timeline()
         self.metrics = Metrics()
-        self.service = Service(settings, observer=self.metrics)
+        self.tracer = start_tracing(settings.tracing)  # None unless an OTLP endpoint is set
+        observer = self.metrics if self.tracer is None else self.tracer.observer(self.metrics)
+        self.service = Service(settings, observer=observer)
         self.metrics.watch(self.service)
         self._auth = auth
         self._sockets = dict(sockets or {})
@@ -73,7 +76,13 @@ class Server:
     async def start(self) -> None:
         """Bind every listener; readiness stays off until `load` finishes."""
         settings = self.settings
-        api_app = build_api_app(self.service, self.metrics, self.timeline, self._auth)
+        api_app = build_api_app(
+            self.service,
+            self.metrics,
+            self.timeline,
+            self._auth,
+            tracing=None if self.tracer is None else self.tracer.middleware(),
+        )
         reserved = RESERVED_FDS + (HEALTH_LIMITS.max_connections if settings.health_port else 0)
         limits = Limits(
             keepalive_timeout_s=settings.keepalive_timeout_s,
@@ -133,6 +142,8 @@ class Server:
             with contextlib.suppress(FileNotFoundError):
                 self._bound_socket.unlink()
             self._bound_socket = None
+        if self.tracer is not None:
+            await self.tracer.close()  # the last spans exported
         return drained
 
 
