@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from sidecar.api import PROTOCOLS, health, openapi, wire
+from sidecar.api import ERROR_BODIES, PROTOCOLS, health, openapi, wire
 from sidecar.api.keys import BODY_BUDGET, METRICS, OPENAPI, SERVICE, TIMELINE
 from sidecar.api.schema import Limits
 from sidecar.api.wire import BodyBudget
 from sidecar.auth import BearerToken, require_token
 from sidecar.metrics import Metrics
-from sidecar.middleware import errors_and_accounting
+from sidecar.middleware import ErrorBody, errors_and_accounting
 from sidecar.serving import Service
 from sidecar.timeline import Timeline
 
@@ -33,7 +33,13 @@ def build_api_app(
     With a token, every route but the probes asks for it (`sidecar.auth`). Tracing's middleware
     (`sidecar.otel`), when given, goes outermost: its span sees the status that was sent.
     """
-    app = _base_app(service, metrics, timeline, [] if auth is None else [require_token(auth)])
+    app = _base_app(
+        service,
+        metrics,
+        timeline,
+        [] if auth is None else [require_token(auth)],
+        error_bodies=ERROR_BODIES,
+    )
     if tracing is not None:
         app.middlewares.insert(0, tracing)
     for protocol in PROTOCOLS:
@@ -52,10 +58,15 @@ def build_health_app(service: Service, metrics: Metrics, timeline: Timeline) -> 
 
 
 def _base_app(
-    service: Service, metrics: Metrics, timeline: Timeline, guards: list[Middleware]
+    service: Service,
+    metrics: Metrics,
+    timeline: Timeline,
+    guards: list[Middleware],
+    *,
+    error_bodies: Mapping[str, ErrorBody] | None = None,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[errors_and_accounting(metrics), *guards],
+        middlewares=[errors_and_accounting(metrics, error_bodies), *guards],
         client_max_size=service.settings.max_body_bytes,
     )
     app[SERVICE] = service

@@ -3,7 +3,9 @@
 Every error a request can meet, of any layer, has a row: its status, its code, the message shown
 (the error's own text unless the row gives a fixed one), a `Retry-After` hint (errors that carry
 `retry_after_s` give their own) and headers the status calls for. `reply_for` walks an exception's
-MRO to find its row; anything without one is a 500 whose message says nothing of the inside.
+MRO to find its row; anything without one is a 500 whose message says nothing of the inside. A
+protocol with an error shape of its own (the Open Inference Protocol's `{"error": "..."}` under
+`/v2`) renders the same row in that shape; only the body differs.
 
 Errors met before the middleware runs (malformed HTTP, an unknown `Expect`) are rendered from the
 same table by `sidecar.transport`. Every response written, the middleware's or the transport's, is
@@ -19,7 +21,9 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -56,6 +60,10 @@ from sidecar.models import InputError, InputTooLongError, WrongInputsError
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("sidecar.access")
+
+
+# (code, message, request id) -> the JSON body of an error reply.
+ErrorBody = Callable[[str, str, str], Any]
 
 
 @dataclass(frozen=True)
@@ -139,8 +147,16 @@ def request_id(request: web.BaseRequest) -> str:
     return assigned
 
 
-def error_response(exc: BaseException, rid: str, metrics: Metrics | None = None) -> web.Response:
-    """The documented error shape for `exc`; only an internal error logs its stack."""
+def error_body(code: str, message: str, rid: str) -> dict[str, Any]:
+    """The documented error shape: `{"error": {"code", "message", "request_id"}}`."""
+    return {"error": {"code": code, "message": message, "request_id": rid}}
+
+
+def error_response(
+    exc: BaseException, rid: str, metrics: Metrics | None = None, body: ErrorBody = error_body
+) -> web.Response:
+    """The reply to `exc`, in the documented error shape or a protocol's own (`body`); only an
+    internal error logs its stack."""
     row, message, retry_after = reply_for(exc)
     if row is INTERNAL:
         logger.error("request %s failed", rid, exc_info=exc, extra={"request_id": rid})
@@ -151,9 +167,7 @@ def error_response(exc: BaseException, rid: str, metrics: Metrics | None = None)
         logger.debug("request %s: %s %s", rid, row.status, message, extra={"request_id": rid})
         if metrics is not None and (reason := _REJECT_REASON.get(row.status)):
             metrics.on_reject(reason, 1)
-    response = json_response(
-        {"error": {"code": row.code, "message": message, "request_id": rid}}, status=row.status
-    )
+    response = json_response(body(row.code, message, rid), status=row.status)
     for name, value in row.headers:
         response.headers[name] = value
     if isinstance(exc, web.HTTPException):
@@ -168,8 +182,22 @@ def error_response(exc: BaseException, rid: str, metrics: Metrics | None = None)
     return response
 
 
-def errors_and_accounting(metrics: Metrics) -> Middleware:
-    """Request id, the JSON error shape, and the 499 of a request whose client went away."""
+def errors_and_accounting(
+    metrics: Metrics, error_bodies: Mapping[str, ErrorBody] | None = None
+) -> Middleware:
+    """Request id, the JSON error shape, and the 499 of a request whose client went away.
+
+    `error_bodies` maps a path prefix to the error shape of the protocol served under it (the
+    Open Inference Protocol's `/v2`); the table decides the status, message and headers of every
+    error alike, and paths under no prefix get the documented shape.
+    """
+    bodies = dict(error_bodies or {})
+
+    def body_for(path: str) -> ErrorBody:
+        for prefix, body in bodies.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return body
+        return error_body
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -185,7 +213,7 @@ def errors_and_accounting(metrics: Metrics) -> Middleware:
             account(metrics, request, CLIENT_GONE, time.monotonic() - arrived)
             raise
         except Exception as exc:
-            return error_response(exc, rid, metrics)
+            return error_response(exc, rid, metrics, body_for(request.path))
         response.headers["X-Request-Id"] = rid
         return response
 

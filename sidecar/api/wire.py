@@ -76,7 +76,16 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object: uncompressed, within the body limit, in by the deadline.
+    """The body (`read_body`) as a JSON object.
+
+    Raises:
+        InvalidJsonError, InvalidInputError: not a JSON object; and what `read_body` raises.
+    """
+    return parse_json(await read_body(request))
+
+
+async def read_body(request: web.Request) -> bytearray:
+    """The body: uncompressed, within the body limit, in by the deadline.
 
     A declared length over the limit is refused before anything is read; a chunked body is cut
     as soon as it passes the limit, never buffered beyond it.
@@ -86,7 +95,6 @@ async def read_json(request: web.Request) -> dict[str, Any]:
             unread: no compression bomb is ever inflated).
         PayloadTooLargeError: the body is larger than SIDECAR_MAX_BODY_BYTES.
         RequestTimeoutError: the body did not arrive before the request's deadline.
-        InvalidJsonError, InvalidInputError: not a JSON object.
     """
     max_bytes = request.app[SERVICE].settings.max_body_bytes
     coding = request.headers.get("Content-Encoding", "identity").strip().lower()
@@ -114,7 +122,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
                     )
     except TimeoutError:
         raise RequestTimeoutError("the request body did not arrive before the deadline") from None
-    return parse_json(body)
+    return body
 
 
 class BodyBudget:
