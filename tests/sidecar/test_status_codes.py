@@ -74,7 +74,7 @@ async def test_400_too_many_tokens_unless_truncated(
 
 async def test_404_unknown_route_and_model(start_server: StartServer, tiny_embed_dir) -> None:
     s = await start_server(tiny_embed_dir)
-    async with s.tcp.get("/v2/nothing") as r:
+    async with s.tcp.get("/v3/nothing") as r:
         assert r.status == 404
         assert (await error_of(r))["code"] == "not_found"
     async with s.tcp.post("/v1/models/nope/predict", json={"inputs": ["x"]}) as r:
