@@ -22,6 +22,7 @@ from loaders.errors import (
     WeightsReadError,
 )
 from loaders.header import DTYPES, MAX_HEADER_BYTES, SafetensorsHeader, TensorInfo, read_header
+from loaders.release import release_unreferenced
 from loaders.sources import HUB_SCHEME, ModelSource, pull, resolve_source
 from loaders.storage import filesystem_type, is_network_filesystem
 from loaders.stream import LoadStats, ReadChunk, load_weights, plan_chunks
@@ -51,5 +52,6 @@ __all__ = [
     "pull",
     "read_header",
     "recorded_digests",
+    "release_unreferenced",
     "resolve_source",
 ]

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import loaders
 from sidecar.models.errors import ModelLoadError
 from sidecar.models.tokens import Batch
 
@@ -405,6 +406,9 @@ def build_encoder(
     model.load_state_dict(state, strict=True, assign=True)
     model.requires_grad_(False)
     model.eval()
+    # Parameters that are views of the loaded regions keep them alive whole: hand back the
+    # pages of the tensors this encoder copied (fused attention projections, casts) or skips.
+    loaders.release_unreferenced(weights.values(), model.state_dict().values())
     logger.debug(
         "built %s encoder: %d layers, hidden %d, head %s",
         config.model_type,
