@@ -115,9 +115,12 @@ def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
             "content": {
                 **json_content(oip_types.INFER_REQUEST),
                 "application/octet-stream": {
-                    "schema": {"type": "string", "format": "binary"},
-                    "description": f"the JSON request, its length in {HEADER_LENGTH}, then "
-                    "each binary input's bytes in input order (binary_data_size each)",
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": f"the JSON request, its length in {HEADER_LENGTH}, "
+                        "then each binary input's bytes in input order (binary_data_size each)",
+                    }
                 },
             },
         }

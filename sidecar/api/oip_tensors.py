@@ -105,7 +105,7 @@ def parse_tensor(value: Any, index: int, *, max_bytes: int) -> Tensor:
     if not isinstance(name, str):
         raise InvalidInputError(f"inputs[{index}].name must be a string")
     datatype = value.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:  # a dict is not hashable
         raise InvalidInputError(
             f"input {name[:64]!r}: datatype must be one of {', '.join(DATATYPES)}"
         )
