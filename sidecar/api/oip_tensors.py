@@ -240,7 +240,8 @@ def _from_json(tensor: Tensor) -> Array:
         raise InvalidInputError(f"input {tensor.name!r}: {datatype} data must be {what}")
     dtype = DATATYPES[datatype]
     try:
-        array = np.array(flat, dtype=dtype)
+        with np.errstate(over="ignore"):  # a float past the type's range: inf, refused below
+            array = np.array(flat, dtype=dtype)
     except OverflowError:
         raise InvalidInputError(
             f"input {tensor.name!r}: a value is out of the range of {datatype}"

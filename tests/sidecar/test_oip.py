@@ -5,6 +5,7 @@ raw requests for the wire details and the refusals."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,14 @@ import onnxruntime as ort
 import orjson
 import pytest
 import tritonclient.http as triton
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
+from sidecar.api import oip_tensors
+from sidecar.api.oip_types import InferRequest, Signature
+from sidecar.errors import InvalidInputError
 from tests.onnx_graphs import mlp_graph
 from tests.sidecar.conftest import Running, StartServer
 
@@ -493,6 +499,58 @@ async def test_refusals_are_400_in_the_protocols_shape(
         assert (await r.json())["error"]["code"] == "not_found"
 
 
+async def test_values_outside_their_datatype_are_400(
+    start_server: StartServer, dtypes_dir: Path, tiny_embed_dir: Path
+) -> None:
+    s = await start_server(dtypes_dir)
+    name = "/v2/models/default/infer"
+    base = {k: np.zeros((1, 3), dtype=DATATYPES[k][0]) for k in DATATYPES}
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.0] * 4}
+
+    def request(kind: str, tensor: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        inputs, raw = [], b""
+        for other, array in base.items():
+            spec = {"name": f"in_{other.lower()}", "datatype": other, "shape": [1, 3]}
+            if other == kind:
+                inputs.append({**spec, **tensor})
+            else:
+                inputs.append({**spec, "parameters": {"binary_data_size": array.nbytes}})
+                raw += array.tobytes()
+        return {"inputs": [*inputs, x]}, raw
+
+    cases = {
+        "UINT8": ({"data": [0, 256, 0]}, "out of the range of UINT8"),
+        "INT64": ({"data": [0, 2**63, 0]}, "out of the range of INT64"),
+        "FP32": ({"data": [0, 1e39, 0]}, "out of the range of FP32"),
+        "INT32": ({"data": [0, 1.5, 0]}, "must be integers"),
+        "BOOL": ({"data": [0, 1, 0]}, "must be booleans"),
+    }
+    for kind, (tensor, message) in cases.items():
+        body, raw = request(kind, tensor)
+        status, answer, _ = await post(s, name, body, raw)
+        assert status == 400 and message in answer["error"], (kind, answer)
+    # binary BOOL bytes other than 0 or 1; the binary part ordered as the inputs are
+    body, raw = request("BOOL", {"parameters": {"binary_data_size": 3}})
+    status, answer, _ = await post(s, name, body, b"\x00\x02\x01" + raw)
+    assert status == 400 and "0 or 1" in answer["error"], answer
+
+    text = await start_server(tiny_embed_dir)
+    elements = struct.pack("<I", 2) + b"hi" + struct.pack("<I", 9) + b"short"
+    tensor = {"name": "text", "datatype": "BYTES", "shape": [2]}
+    for size, binary, message in (
+        (len(elements), elements, "element 1 declares 9 bytes"),
+        (3, b"\x02\x00\x00", "ends inside element 0"),
+        (5, struct.pack("<I", 1) + b"\xff", "UTF-8"),
+    ):
+        shape = [1] if message == "UTF-8" else [2]
+        body = {"inputs": [{**tensor, "shape": shape, "parameters": {"binary_data_size": size}}]}
+        status, answer, _ = await post(text, name, body, binary)
+        assert status == 400 and message in answer["error"], answer
+    body = {"inputs": [{**tensor, "data": ["a", "b"]}], "outputs": [{"name": "nope"}]}
+    status, answer, _ = await post(text, name, body)
+    assert status == 400 and "'nope' is unknown" in answer["error"]
+
+
 async def test_body_limit_not_ready_draining_and_the_token(
     start_server: StartServer, mlp_dir: Path
 ) -> None:
@@ -596,6 +654,48 @@ async def test_an_onnx_mlp_under_concurrent_load(start_server: StartServer, mlp_
     single = after["1.0"] - before.get("1.0", 0)
     total = after["+Inf"] - before.get("+Inf", 0)
     assert total > single, "no batch held more than one item"
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)  # what JSON (orjson) holds
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=24,
+)
+names = st.sampled_from(["x", "text", "y", "other"])
+tensors = st.fixed_dictionaries(
+    {"name": names, "datatype": st.sampled_from([*oip_tensors.DATATYPES, "FP8"])},
+    optional={
+        "shape": st.lists(st.integers(-1, 2**64 - 1), max_size=3) | json_values,
+        "data": json_values,
+        "parameters": st.fixed_dictionaries({"binary_data_size": st.integers(-1, 40)})
+        | json_values,
+    },
+)
+requests = st.fixed_dictionaries(
+    {},
+    optional={
+        "inputs": st.lists(tensors, max_size=3) | json_values,
+        "outputs": st.lists(st.fixed_dictionaries({"name": names}), max_size=2) | json_values,
+        "parameters": st.fixed_dictionaries({"binary_data_output": json_values}) | json_values,
+        "id": json_values,
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(requests, st.binary(max_size=40))
+def test_any_request_is_parsed_or_refused_with_a_400(request: Any, binary: bytes) -> None:
+    signature = Signature(
+        (("x", "FP32", (-1, 2)), ("text", "BYTES", (-1,))),
+        (("y", "FP16", (-1, 2)),),
+    )
+    header = orjson.dumps(request)
+    with contextlib.suppress(InvalidInputError):  # anything else fails the test
+        InferRequest.parse(header, memoryview(binary), signature, max_bytes=len(header) + 40)
 
 
 def test_bytes_elements_are_length_prefixed() -> None:
