@@ -21,6 +21,7 @@ the one error table (`sidecar.middleware`); tensors on the wire are `sidecar.api
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from sidecar.api.oip_tensors import Array
 from sidecar.api.oip_types import InferRequest, Signature
 from sidecar.api.openapi import json_content, model_parameter
 from sidecar.api.schema import JsonSchema, Limits
-from sidecar.errors import InvalidInputError, ModelNotFoundError, TooManyInputsError
+from sidecar.errors import InvalidInputError, ModelNotFoundError
 from sidecar.models import (
     Classifications,
     Embeddings,
@@ -55,7 +56,7 @@ PATH_PREFIX = "/v2"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ("binary_tensor_data",)
 # Bodies larger than this are decoded off the event loop.
-_DECODE_OFF_LOOP_BYTES = 1 << 20
+_DECODE_OFF_LOOP_BYTES = 256 << 10
 _PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch"}
 
 
@@ -201,12 +202,14 @@ async def infer(request: web.Request) -> web.StreamResponse:
     signature = Signature.of(served.engine.card)
     body = await wire.read_body(request)
     header, binary = oip_tensors.split_body(body, request.headers.get(HEADER_LENGTH))
-    parse = InferRequest.parse
+    parse = functools.partial(
+        InferRequest.parse, max_bytes=len(body), max_items=settings.max_client_batch
+    )
     if len(body) > _DECODE_OFF_LOOP_BYTES:
-        parsed = await asyncio.to_thread(parse, header, binary, signature, max_bytes=len(body))
+        parsed = await asyncio.to_thread(parse, header, binary, signature)
     else:
-        parsed = parse(header, binary, signature, max_bytes=len(body))
-    inputs = _model_inputs(served.engine.card, parsed, max_inputs=settings.max_client_batch)
+        parsed = parse(header, binary, signature)
+    inputs = _model_inputs(served.engine.card, parsed)
     inference = await served.engine.infer(inputs, deadline=wire.deadline(request))
     results = _output_arrays(served.engine.card, inference.result)
     outputs: list[dict[str, Any]] = []
@@ -230,14 +233,9 @@ async def infer(request: web.Request) -> web.StreamResponse:
     )
 
 
-def _model_inputs(card: ModelCard, parsed: InferRequest, *, max_inputs: int) -> Inputs:
+def _model_inputs(card: ModelCard, parsed: InferRequest) -> Inputs:
     """The serving layer's inputs for the request's arrays."""
     arrays = parsed.arrays
-    rows = {int(array.shape[0]) if array.ndim else 1 for array in arrays.values()}
-    if max(rows) > max_inputs:
-        raise TooManyInputsError(
-            f"the inputs hold {max(rows)} items; at most {max_inputs} are allowed per request"
-        )
     if card.task == "tensor":
         return TensorInputs(dict(arrays), outputs=parsed.outputs)
     options = parsed.parameters

@@ -16,7 +16,7 @@ from sidecar.api import oip_tensors
 from sidecar.api.oip_tensors import BINARY_ONLY, DATATYPES, Array, Tensor
 from sidecar.api.openapi import BOOLEAN, INTEGER, STRING, array
 from sidecar.api.schema import JsonSchema
-from sidecar.errors import InvalidInputError, UnsupportedTaskError
+from sidecar.errors import InvalidInputError, TooManyInputsError, UnsupportedTaskError
 from sidecar.models import ModelCard
 
 
@@ -63,8 +63,27 @@ class InferRequest:
 
     @classmethod
     def parse(
-        cls, header: bytes, binary: memoryview, signature: Signature, *, max_bytes: int
+        cls,
+        header: bytes,
+        binary: memoryview,
+        signature: Signature,
+        *,
+        max_bytes: int,
+        max_items: int,
     ) -> InferRequest:
+        """Check the header against `signature`, then decode the data.
+
+        Args:
+            header: the JSON part of the body.
+            binary: the binary data after it.
+            signature: the model's inputs and outputs.
+            max_bytes: the body's size, which bounds the elements a shape may declare.
+            max_items: the most items (rows of the first axis) a request may hold.
+
+        Raises:
+            InvalidInputError: 400.
+            TooManyInputsError: 413, before any data is decoded.
+        """
         try:
             data = orjson.loads(header)
         except orjson.JSONDecodeError as exc:
@@ -88,6 +107,12 @@ class InferRequest:
             for index, value in enumerate(inputs)
         ]
         _check_inputs(tensors, signature)
+        for tensor in tensors:
+            if tensor.shape and tensor.shape[0] > max_items:
+                raise TooManyInputsError(
+                    f"input {tensor.name!r} holds {tensor.shape[0]} items; at most {max_items} "
+                    "are allowed per request"
+                )
         outputs, as_binary = _outputs(data.get("outputs"), parameters, signature)
         arrays = oip_tensors.decode(tensors, binary)
         return cls(request_id, arrays, outputs, as_binary, parameters)

@@ -382,6 +382,24 @@ async def test_classify_and_rerank_outputs_match_the_native_routes(
         assert [i["name"] for i in (await r.json())["inputs"]] == ["query", "text"]
 
 
+async def test_an_onnx_text_model_serves_the_same_outputs(
+    start_server: StartServer, tiny_embed_onnx_dir: Path
+) -> None:
+    s = await start_server(tiny_embed_onnx_dir)
+    texts = ["an onnx graph beside its tokenizer", "short"]
+    async with s.tcp.post("/v1/predict", json={"inputs": texts}) as r:
+        expected = [item["embedding"] for item in (await r.json())["results"]]
+    async with s.uds.get("/v2/models/default") as r:
+        metadata = await r.json()
+    assert metadata["platform"] == "onnxruntime_onnx"
+    assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    text = {"name": "text", "datatype": "BYTES", "shape": [2, 1], "data": [[t] for t in texts]}
+    status, body, _ = await post(s, "/v2/models/default/infer", {"inputs": [text]})
+    assert status == 200, body
+    (output,) = body["outputs"]
+    np.testing.assert_allclose(np.reshape(output["data"], output["shape"]), expected, rtol=1e-6)
+
+
 # -- refusals ---------------------------------------------------------------------------------
 
 
@@ -554,7 +572,9 @@ async def test_values_outside_their_datatype_are_400(
 async def test_body_limit_not_ready_draining_and_the_token(
     start_server: StartServer, mlp_dir: Path
 ) -> None:
-    s = await start_server(mlp_dir, auth_token="secret", SIDECAR_MAX_BODY_BYTES="4096")
+    s = await start_server(
+        mlp_dir, auth_token="secret", SIDECAR_MAX_BODY_BYTES="4096", SIDECAR_MAX_CLIENT_BATCH="4"
+    )
     auth = {"Authorization": "Bearer secret"}
     async with s.tcp.get("/v2/health/ready") as r:
         assert r.status == 401 and set(await r.json()) == {"error"}
@@ -566,6 +586,13 @@ async def test_body_limit_not_ready_draining_and_the_token(
     body = orjson.dumps({"inputs": [x, bias], "id": "!" * 5000})
     async with s.tcp.post("/v2/models/default/infer", data=body, headers=auth) as r:
         assert r.status == 413 and "at most 4096" in (await r.json())["error"]
+    rows = {**x, "shape": [5, 16], "data": [0.5] * 80}
+    body = orjson.dumps({"inputs": [rows, {**bias, "shape": [5, 4], "data": [0.0] * 20}]})
+    async with s.tcp.post("/v2/models/default/infer", data=body, headers=auth) as r:
+        assert r.status == 413 and "at most 4 are allowed" in (await r.json())["error"]
+    body = orjson.dumps({"inputs": [x, bias]})
+    async with s.tcp.post("/v2/models/default/infer", data=body, headers=auth) as r:
+        assert r.status == 200
 
     loading = await start_server(mlp_dir, load=False)
     for route in ("/v2/health/ready", "/v2/models/default/ready", "/v2/models/default"):
@@ -695,7 +722,9 @@ def test_any_request_is_parsed_or_refused_with_a_400(request: Any, binary: bytes
     )
     header = orjson.dumps(request)
     with contextlib.suppress(InvalidInputError):  # anything else fails the test
-        InferRequest.parse(header, memoryview(binary), signature, max_bytes=len(header) + 40)
+        InferRequest.parse(
+            header, memoryview(binary), signature, max_bytes=len(header) + 40, max_items=8
+        )
 
 
 def test_bytes_elements_are_length_prefixed() -> None:
