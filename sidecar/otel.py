@@ -82,7 +82,9 @@ class Tracer:
                 },
             )
             request[TRACE_ID] = trace.format_trace_id(span.get_span_context().trace_id)
-            status = CLIENT_GONE
+            # Errors are answers by now (the error middleware is inside this one); a
+            # cancellation is a client that went away.
+            status = 500
             with trace.use_span(
                 span, end_on_exit=True, record_exception=False, set_status_on_exception=False
             ):
@@ -90,11 +92,12 @@ class Tracer:
                     response = await handler(request)
                     status = response.status
                     return response
+                except asyncio.CancelledError:
+                    status = CLIENT_GONE
+                    raise
                 finally:
-                    # Errors are answers by now (the error middleware is inside this one); a
-                    # cancellation is a client that went away.
                     span.set_attribute("http.response.status_code", status)
-                    if status >= 500 and status != CLIENT_GONE:
+                    if status >= 500:
                         span.set_status(StatusCode.ERROR)
 
         return trace_request

@@ -212,6 +212,31 @@ async def test_errors_are_spans_too_and_probes_are_not_traced(
     assert {sp.name for sp in receiver.spans} == {"POST /v1/predict", "queue", "batch", "forward"}
 
 
+async def test_a_client_that_went_away_is_a_499_span(
+    start_server: StartServer, tiny_embed_dir: Path, receiver: Receiver
+) -> None:
+    # A lone item waits for company for up to twice the window; the client gives up first.
+    s = await traced_server(
+        start_server,
+        tiny_embed_dir,
+        receiver,
+        SIDECAR_BATCH_MIN_SIZE="2",
+        SIDECAR_BATCH_WINDOW_MS="1000",
+        SIDECAR_BATCH_ADAPTIVE="false",
+    )
+    headers = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await s.tcp.post("/v1/predict", json={"inputs": ["x"]}, headers=headers)
+    async with asyncio.timeout(10):
+        while not receiver.named("POST /v1/predict"):
+            await exported(s)
+    (server,) = receiver.named("POST /v1/predict")
+    assert attributes(server)["http.response.status_code"] == 499
+    assert server.status.code == server.status.STATUS_CODE_UNSET
+    assert not receiver.named("batch")  # its item was dropped before any forward pass
+
+
 async def test_a_trace_the_caller_did_not_sample_is_not_recorded(
     start_server: StartServer, tiny_embed_dir: Path, receiver: Receiver, caplog
 ) -> None:
