@@ -125,6 +125,14 @@ def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
                 },
             },
         }
+        infer_op["responses"]["200"]["content"]["application/octet-stream"] = {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": f"when an output is asked for as binary data: the JSON response, "
+                f"its length in {HEADER_LENGTH}, then each binary output's bytes in order",
+            }
+        }
         paths[f"{path}/infer"] = {"post": infer_op}
     return paths
 

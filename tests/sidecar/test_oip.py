@@ -155,6 +155,10 @@ async def test_triton_client_on_a_text_model(
     async with s.tcp.get("/openapi.json") as r:
         document = await r.json()
     infer = document["paths"]["/v2/models/{model}/versions/{version}/infer"]["post"]
+    assert set(infer["responses"]["200"]["content"]) == {
+        "application/json",
+        "application/octet-stream",
+    }
     assert infer["responses"]["400"]["content"]["application/json"]["schema"]["properties"] == {
         "error": {"type": "string"}
     }
@@ -694,7 +698,7 @@ json_values = st.recursive(
 )
 names = st.sampled_from(["x", "text", "y", "other"])
 tensors = st.fixed_dictionaries(
-    {"name": names, "datatype": st.sampled_from([*oip_tensors.DATATYPES, "FP8"])},
+    {"name": names, "datatype": st.sampled_from([*oip_tensors.DATATYPES, "FP8"]) | json_values},
     optional={
         "shape": st.lists(st.integers(-1, 2**64 - 1), max_size=3) | json_values,
         "data": json_values,
