@@ -78,15 +78,22 @@ class Boolean(Type):
 
 
 class PositiveInt(Type):
-    """An integer from 1 (a boolean is not one; orjson reads integers past 64 bits as floats)."""
+    """An integer from 1 to 2**63 - 1.
+
+    A boolean is not one; a number with a zero fraction (`5.0`) is, as JSON Schema has it.
+    """
+
+    MAX = 2**63 - 1
 
     def check(self, value: Any, path: str, limits: Limits) -> Any:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if isinstance(value, float) and value.is_integer() and 1 <= value <= self.MAX:
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= self.MAX:
             raise InvalidInputError(f"'{path}' must be a positive integer")
         return value
 
     def json_schema(self, limits: Limits) -> JsonSchema:
-        return {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+        return {"type": "integer", "minimum": 1, "maximum": self.MAX}
 
 
 class Choice(Type):
