@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,9 @@ class Receiver:
     spans: list[Span] = field(default_factory=list)
     resources: list[dict[str, str]] = field(default_factory=list)
     content_types: set[str] = field(default_factory=set)
+    # Cleared, an export is held unanswered (a stuck collector) until it is set again.
+    answering: asyncio.Event = field(default_factory=asyncio.Event)
+    exports: int = 0
 
     def named(self, name: str, trace_id: str = TRACE_ID) -> list[Span]:
         return [s for s in self.spans if s.name == name and s.trace_id.hex() == trace_id]
@@ -45,8 +49,11 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     received = Receiver("")
+    received.answering.set()
 
     async def traces(request: web.Request) -> web.Response:
+        received.exports += 1
+        await received.answering.wait()
         received.content_types.add(request.content_type)
         export = ExportTraceServiceRequest.FromString(await request.read())
         for resource_spans in export.resource_spans:
@@ -235,6 +242,30 @@ async def test_a_client_that_went_away_is_a_499_span(
     assert attributes(server)["http.response.status_code"] == 499
     assert server.status.code == server.status.STATUS_CODE_UNSET
     assert not receiver.named("batch")  # its item was dropped before any forward pass
+
+
+async def test_a_stuck_collector_holds_up_no_request(
+    start_server: StartServer, tiny_embed_dir: Path, receiver: Receiver
+) -> None:
+    s = await traced_server(start_server, tiny_embed_dir, receiver)
+    assert s.server.tracer is not None
+    assert (await s.tcp.post("/v1/predict", json={"inputs": ["first"]})).status == 200
+    receiver.answering.clear()
+    flushing = asyncio.create_task(asyncio.to_thread(s.server.tracer.flush))
+    async with asyncio.timeout(10):
+        while not receiver.exports:  # noqa: ASYNC110 (the exporter's thread posts it)
+            await asyncio.sleep(0.01)
+    # The export hangs on its own thread; requests are served (and traced) meanwhile.
+    for i in range(20):
+        started = time.perf_counter()
+        r = await s.uds.post("/v1/predict", json={"inputs": [f"text {i}"]})
+        assert r.status == 200
+        assert time.perf_counter() - started < 1.0
+    assert not flushing.done()
+    receiver.answering.set()
+    assert await flushing
+    await exported(s)
+    assert len([sp for sp in receiver.spans if sp.name == "POST /v1/predict"]) == 21
 
 
 async def test_a_trace_the_caller_did_not_sample_is_not_recorded(
