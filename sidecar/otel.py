@@ -20,6 +20,8 @@ the SDK reads the other OTEL_* variables itself (sampler, headers, batch process
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,7 +42,11 @@ from sidecar.api.wire import Handler
 from sidecar.config import Tracing
 from sidecar.middleware import CLIENT_GONE, TRACE_ID, UNMATCHED, request_id
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_SERVICE_NAME = "sidecar"
+# What exit waits for the last spans to be exported (the exporter's own timeout is 10 s).
+CLOSE_TIMEOUT_S = 3.0
 # Probes and scrapes come every few seconds and say nothing about inference: not traced.
 UNTRACED = frozenset(route.path for route in health.routes())
 
@@ -54,7 +60,11 @@ class Tracer:
     """
 
     def __init__(self, settings: Tracing, *, exporter: SpanExporter | None = None) -> None:
-        self._provider = TracerProvider(resource=_resource(settings.service_name))
+        # Closed by the server (`close`); at interpreter exit the SDK's own hook could wait on
+        # an unreachable collector.
+        self._provider = TracerProvider(
+            resource=_resource(settings.service_name), shutdown_on_exit=False
+        )
         self._provider.add_span_processor(
             BatchSpanProcessor(exporter or OTLPSpanExporter(endpoint=settings.endpoint))
         )
@@ -110,9 +120,21 @@ class Tracer:
         """Export what has ended (blocks: call it off the event loop)."""
         return self._provider.force_flush(int(timeout_s * 1000))
 
-    async def close(self) -> None:
-        """Export what is left and stop the exporting thread (on a thread of its own)."""
-        await asyncio.to_thread(self._provider.shutdown)
+    async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Export what is left and stop the exporting thread, waiting `timeout_s` at most: a
+        collector that is down must not hold up the exit (its spans are then dropped)."""
+        done = threading.Event()
+
+        def shutdown() -> None:
+            try:
+                self._provider.shutdown()
+            finally:
+                done.set()
+
+        # A daemon thread: the process may exit while it still waits on the collector.
+        threading.Thread(target=shutdown, name="otel-shutdown", daemon=True).start()
+        if not await asyncio.to_thread(done.wait, timeout_s):
+            logger.warning("tracing: the last spans were not exported within %g s", timeout_s)
 
 
 def _resource(service_name: str | None) -> Resource:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -20,9 +21,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from batching import BatchObserver
 from sidecar.config import Settings, Tracing
 from sidecar.errors import ConfigError
 from sidecar.logs import JsonFormatter
+from sidecar.otel import Tracer
 from tests.sidecar.conftest import Running, StartServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -266,6 +269,21 @@ async def test_a_stuck_collector_holds_up_no_request(
     assert await flushing
     await exported(s)
     assert len([sp for sp in receiver.spans if sp.name == "POST /v1/predict"]) == 21
+
+
+async def test_exit_waits_for_a_collector_that_never_answers_a_bounded_time(caplog) -> None:
+    # A listener that never accepts: the export connects, then waits for an answer.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        tracer = Tracer(Tracing(f"http://127.0.0.1:{port}/v1/traces"))
+        tracer.observer(BatchObserver())  # as the server builds it
+        span = tracer._tracer.start_span("a span that cannot be delivered")
+        span.end()
+        started = time.perf_counter()
+        with caplog.at_level(logging.WARNING, logger="sidecar.otel"):
+            await tracer.close(timeout_s=0.5)
+        assert time.perf_counter() - started < 2.0
+    assert "not exported within 0.5 s" in caplog.text
 
 
 async def test_a_trace_the_caller_did_not_sample_is_not_recorded(
