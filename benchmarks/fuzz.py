@@ -16,7 +16,9 @@ deadline gets the 504 it asked for, which `not_a_server_error` would count; its 
 400/504 are tests in tests/sidecar/test_status_codes.py.
 
 Writes benchmarks/results/fuzz.json (or --out): per model, the command, seconds, test cases,
-failures, errors, and each operation's accepted/rejected counts.
+failures, errors, each operation's valid cases accepted and rejected, and the requests the
+server counted by route and status during the run (`sidecar_requests_total`; the health
+port's own readiness polls are counted before).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 
 import aiohttp
 from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.harness import ROOT, serve
 
@@ -160,10 +163,30 @@ async def fuzz_model(
             path.write_text(json.dumps(document))
             configured = [str(model)] if model is not None else []
             configured.append(served.socket_path)
+            before = await served_requests(served.health_port)
             result = await asyncio.to_thread(
                 schemathesis, served.port, path, workdir, configured=configured, **options
             )
-    return {"model": name, "paths": len(document["paths"]), **result}
+            after = await served_requests(served.health_port)
+    requests = {
+        route: {code: n - before.get(route, {}).get(code, 0) for code, n in codes.items()}
+        for route, codes in after.items()
+    }
+    return {"model": name, "paths": len(document["paths"]), **result, "requests": requests}
+
+
+async def served_requests(health_port: int) -> dict[str, dict[str, int]]:
+    """`sidecar_requests_total` by route and status, as the server counted them."""
+    url = f"http://127.0.0.1:{health_port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as r:
+        text = await r.text()
+    counts: dict[str, dict[str, int]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "sidecar_requests_total":
+                route, code = sample.labels["route"], sample.labels["code"]
+                counts.setdefault(route, {})[code] = int(sample.value)
+    return counts
 
 
 async def run(models: list[str], out: Path, **options: Any) -> dict[str, Any]:
@@ -203,9 +226,11 @@ def main() -> None:
     )
     for one in result["runs"]:
         cases = one["test_cases"] or {}
+        served = {route: sum(codes.values()) for route, codes in one["requests"].items()}
         print(
             f"{one['model']}: {one['paths']} paths, {cases.get('generated')} cases, "
-            f"{len(one['failures'])} failures, {len(one['errors'])} errors, {one['seconds']} s"
+            f"{len(one['failures'])} failures, {len(one['errors'])} errors, {one['seconds']} s; "
+            f"fewest requests on a route: {min(served.values(), default=0)}"
         )
     if any(one["exit_code"] for one in result["runs"]):
         sys.exit(1)

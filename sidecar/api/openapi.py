@@ -58,8 +58,8 @@ STATUSES: dict[int, str] = {
     "see Retry-After",
     431: "headers_too_large",
     500: "internal_error: a bug; the message says nothing of the inside",
-    503: "not_ready (loading), draining (see Retry-After), device_failed; or the listener's "
-    "connections are used up",
+    503: "not_ready (loading), draining, too_many_connections (the listener's cap), see "
+    "Retry-After; device_failed (the container restarts)",
     504: "deadline_exceeded: the result was not ready by the deadline",
 }
 # Statuses any route of the API listener may answer, before or around its handler.
