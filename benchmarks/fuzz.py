@@ -96,7 +96,9 @@ def schemathesis(
     config.write_text(CONFIG)
     report = workdir / "report.json"
     command = [
-        str(Path(sys.executable).with_name("schemathesis")),
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
         "--config-file",
         str(config),
         "run",
@@ -131,7 +133,7 @@ def schemathesis(
     seconds = time.perf_counter() - started
     data = json.loads(report.read_text()) if report.exists() else {}
     return {
-        "command": " ".join(["schemathesis", *command[1:]]),
+        "command": " ".join(["schemathesis", *command[3:]]),
         "exit_code": done.returncode,
         "seconds": round(seconds, 1),
         "operations": data.get("operations"),
