@@ -45,11 +45,14 @@ def function_node(path: Path, name: str) -> ast.FunctionDef:
 
 
 def read_env_names() -> set[str]:
-    """The SIDECAR_* variables `Settings.from_env` reads, from the source of sidecar/config.py."""
-    from_env = function_node(REPO / "sidecar" / "config.py", "from_env")
+    """The SIDECAR_* variables the settings read: every `from_env` of sidecar/config.py
+    (`Settings.from_env` and those of the settings groups it reads)."""
+    tree = ast.parse((REPO / "sidecar" / "config.py").read_text())
+    readers = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "from_env"]
     return {
         node.value
-        for node in ast.walk(from_env)
+        for reader in readers
+        for node in ast.walk(reader)
         if isinstance(node, ast.Constant)
         and isinstance(node.value, str)
         and node.value.startswith("SIDECAR_")
