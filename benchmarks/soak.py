@@ -1,7 +1,8 @@
 """Soak: the server's resident memory under hours-like load of varied input lengths.
 
     python -m benchmarks.soak [--minutes 20] [--quick] [--rate-factor 2] [--sample-s 5]
-                              [--env NAME=VALUE ...] [--root DIR] [--label NAME] [--out DIR]
+                              [--allocator image|glibc] [--env NAME=VALUE ...] [--root DIR]
+                              [--label NAME] [--out DIR]
 
 It serves the demo model (CPU, fp32) with `sidecar serve`, measures its saturation throughput
 (closed loop, 64 clients, over the Unix socket), then drives an open loop of Poisson arrivals at
@@ -13,8 +14,11 @@ apart, and any 5xx is a failure. Every `--sample-s` seconds it reads the server'
 
 The figure: the growth of resident memory over the second half of the run, from a least-squares
 line through the second half's samples (its rise across the half, over its value at the half
-mark), and the plateau (the median resident memory of the second half). `--env` passes
-settings (allocator variables, SIDECAR_*) to the server, for experiments.
+mark), and the plateau (the median resident memory of the second half). The server runs with
+the allocator the CPU image sets (`--allocator image`: the LD_PRELOAD and MALLOC_CONF of
+Dockerfile.cpu; the library must be installed, apt-get install libjemalloc2) or glibc's own
+(`--allocator glibc`); the allocator it actually loaded is checked and reported. `--env` passes
+more settings (allocator variables, SIDECAR_*) to the server, for experiments.
 Writes benchmarks/results/soak.json and soak.png (`--label` names them soak-<label>.*).
 """
 
@@ -25,6 +29,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -55,6 +60,19 @@ def texts_of_varied_length(count: int, seed: int = 5) -> list[str]:
     texts = sentences + long
     rng.shuffle(texts)
     return texts
+
+
+def image_allocator() -> dict[str, str]:
+    """The allocator variables the CPU image sets (LD_PRELOAD, MALLOC_CONF in Dockerfile.cpu)."""
+    return dict(
+        re.findall(r"\b(LD_PRELOAD|MALLOC_CONF)=(\S+)", (ROOT / "Dockerfile.cpu").read_text())
+    )
+
+
+def loaded_allocator(pid: int) -> str:
+    """Which allocator process `pid` has mapped: a preloaded one by name, else glibc's."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return next((name for name in ("jemalloc", "tcmalloc", "mimalloc") if name in maps), "glibc")
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -96,10 +114,17 @@ async def sample(
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
     texts = texts_of_varied_length(4000)
     bodies = predict_bodies(texts)
-    env = {"SIDECAR_DTYPE": "float32", "SIDECAR_DEVICE": "cpu", **dict(args.env)}
+    allocator = image_allocator() if args.allocator == "image" else {}
+    env = {"SIDECAR_DTYPE": "float32", "SIDECAR_DEVICE": "cpu", **allocator, **dict(args.env)}
     with tempfile.TemporaryDirectory(prefix="soak-", dir="/tmp") as sockets:
         async with serve(env, sockets, root=args.root) as server:
             pid = server.proc.pid
+            loaded = loaded_allocator(pid)
+            if allocator and loaded == "glibc":
+                raise SystemExit(
+                    f"the server did not load {allocator['LD_PRELOAD']}: install it (apt-get "
+                    "install libjemalloc2) or pass --allocator glibc"
+                )
             ready_mb = memory_mb(pid)["VmRSS"]
             saturation = await saturate(server, bodies, args.saturation_requests)
             rate = args.rate or round(args.rate_factor * saturation, 1)
@@ -126,6 +151,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             metrics = await server.metrics()
     return {
         "server_env": env,
+        "allocator": loaded,
         "ready_rss_mb": round(ready_mb, 1),
         "saturation_items_per_s": round(saturation, 2),
         "rate_per_s": rate,
@@ -207,6 +233,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, help="req/s offered (instead of the factor)")
     parser.add_argument("--saturation-requests", type=int, default=800)
     parser.add_argument("--sample-s", type=float, default=5.0)
+    parser.add_argument("--allocator", choices=("image", "glibc"), default="image")
     parser.add_argument(
         "--env", action="append", default=[], type=lambda s: tuple(s.split("=", 1)),
         metavar="NAME=VALUE", help="a variable for the server (repeatable)",

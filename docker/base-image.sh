@@ -14,7 +14,7 @@ set -euo pipefail
 default_image=${1:?usage: base-image.sh DEFAULT_IMAGE [LOCAL_TAG]}
 local_tag=${2:-sidecar-base:bookworm}
 suite=${DEBIAN_SUITE:-bookworm}
-packages=python3,python3-venv,ca-certificates,tini
+packages=python3,python3-venv,ca-certificates,tini,libjemalloc2
 
 log() { echo "base-image: $*" >&2; }
 

@@ -83,6 +83,24 @@ def test_runs_as_non_root_read_only_without_capabilities(pod: Pod) -> None:
     assert "Uid:\t10001" in output.decode()
 
 
+def test_serving_process_runs_on_jemalloc(pod: Pod) -> None:
+    # The allocator that keeps resident memory at a plateau (README "Memory"): loaded by the
+    # serving process itself, not merely named in the image's environment.
+    script = (
+        "import os\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    cmd = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
+        "    if b'serve' in cmd and b'tini' not in cmd[0] and int(pid) != os.getpid():\n"
+        "        maps = open(f'/proc/{pid}/maps').read()\n"
+        "        print(pid, 'jemalloc' if 'libjemalloc' in maps else 'glibc')\n"
+    )
+    exit_code, output = pod.container.exec_run(["python", "-c", script])
+    assert exit_code == 0, output
+    lines = output.decode().split("\n")
+    found = [line.split()[1] for line in lines if line.strip()]
+    assert found == ["jemalloc"], output.decode()
+
+
 def test_healthcheck_turns_healthy(pod: Pod) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
