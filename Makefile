@@ -26,8 +26,10 @@ install-serve: $(VENV)/.serve-installed
 install-test: $(VENV)/.test-installed
 
 ## serve: install and run the sidecar on the embedded demo model (127.0.0.1:8080, health :9090)
+# On jemalloc where it is installed, as the CPU image runs it (README "Memory").
+JEMALLOC := $(shell ldconfig -p 2>/dev/null | grep -o '/[^ ]*libjemalloc\.so\.2$$' | head -n 1)
 serve: install-serve
-	$(BIN)/sidecar serve
+	$(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=background_thread:true) $(BIN)/sidecar serve
 
 ## test: install, lint, type-check and run every test
 test: install-test lint typecheck
