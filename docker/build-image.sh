@@ -39,7 +39,7 @@ if [[ $WHEELHOUSE == 1 ]]; then
     inputs="${TORCH_SPEC:-} ${extras[*]} $(cat pyproject.toml docker/requirements.py docker/wheelhouse.sh | sha256sum)"
     if [[ ! -f $pip_dir/.complete || $(cat "$pip_dir/.complete") != "$inputs" ]]; then
         rm -rf "$pip_dir"
-        docker/wheelhouse.sh "$PYTHON" "$pip_dir" "${TORCH_SPEC:?TORCH_SPEC is needed for a wheelhouse}" "${extras[@]}"
+        ACCELERATOR=$flavour docker/wheelhouse.sh "$PYTHON" "$pip_dir" "${TORCH_SPEC:?TORCH_SPEC is needed for a wheelhouse}" "${extras[@]}"
         echo "$inputs" > "$pip_dir/.complete"
     fi
     args+=(--build-arg "PIP_DIR=$pip_dir" --build-arg PIP_OFFLINE=1)

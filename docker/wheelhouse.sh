@@ -4,6 +4,8 @@
 #
 #   docker/wheelhouse.sh PYTHON DIR TORCH_SPEC [EXTRA...]
 #
+# ACCELERATOR=cuda downloads the CUDA image's builds (onnxruntime-gpu for onnxruntime).
+#
 # Wheels are chosen for the image (CPython 3.11 on glibc 2.28 or newer: Debian bookworm, x86_64),
 # not for this machine. Extras are fetched without their dependencies, as the image installs them.
 set -euo pipefail
@@ -23,7 +25,9 @@ for minor in $(seq 28 -1 5); do target+=(--platform "manylinux_2_${minor}_x86_64
 target+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
 
 mkdir -p "$dir"
-"$python" "$requirements" --pyproject "$pyproject" runtime "$torch_spec" --build \
+cuda=()
+[[ ${ACCELERATOR:-cpu} != cuda ]] || cuda=(--cuda)  # the CUDA image's builds (requirements.py)
+"$python" "$requirements" --pyproject "$pyproject" runtime "$torch_spec" --build "${cuda[@]}" \
     > "$dir/requirements.txt"
 "$python" -m pip download --quiet --dest "$dir" --requirement "$dir/requirements.txt" "${target[@]}"
 for extra in "$@"; do
