@@ -23,7 +23,8 @@ first batch). Where that is known and a batch may cost more than its floor, the 
 of the queue decides: lengths stay apart on a CPU, mix up to the knee on a GPU. Otherwise (the
 cost still unknown, or the floor covering a whole batch) the batch fills greedily, least padding
 first, with at most `max_padding` of it padding.
-Items whose deadline passed or whose caller went away are dropped and never reach `run`.
+Items whose deadline passed or whose caller went away are dropped and never reach `run`; a
+request the queue ahead would hold past its deadline is refused at once (`batching.admission`).
 
 Failures: if `run` raises, the batch is split in halves and each retried, down to single items,
 so only the failing item's caller gets the error (the failed pass's frames cleared first). Out
@@ -46,6 +47,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from batching.admission import Admission
 from batching.arrivals import ArrivalRate
 from batching.config import BatchConfig
 from batching.costs import BatchCost
@@ -126,7 +128,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         self._queue: ItemQueue[ItemT, ResultT] = ItemQueue()
         self._seq = itertools.count()
         self._arrivals = ArrivalRate()
-        self._drain_per_s = 0.0
+        self._admission = Admission(config.queue_max)
         self._cost = BatchCost()
         self._inflight = 0
         self._idle_since = clock()
@@ -191,7 +193,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             deadline: monotonic time by which results are needed.
 
         Raises:
-            QueueFullError: the queue cannot take the items now.
+            QueueFullError: the queue cannot take the items now: full, or its items ahead
+                would take past the deadline (`batching.admission`).
             DeadlineExceededError: the deadline passed first.
             BatcherClosedError: the batcher was stopped.
             DeviceFailedError: the device failed for good (see `is_fatal`).
@@ -209,15 +212,14 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         if too_large := [cost for cost in costs if not 0 < cost <= max_tokens]:
             raise ItemTooLargeError(f"item cost {too_large[0]} outside 1..{max_tokens} tokens")
         now = self._clock()
-        if len(self._queue) + len(items) > self.config.queue_max:
-            self._observer.on_reject("queue_full", len(items))
-            raise QueueFullError(
-                f"queue holds {len(self._queue)} of {self.config.queue_max} items",
-                retry_after_s=self._retry_after_s(len(items)),
-            )
         if deadline is not None and deadline <= now:
             self._observer.on_reject("deadline", len(items))
             raise DeadlineExceededError("the deadline passed before the request was queued")
+        try:
+            self._admission.check(len(self._queue), len(items), now, deadline)
+        except QueueFullError:
+            self._observer.on_reject("queue_full", len(items))
+            raise
 
         new_future, padded = asyncio.get_running_loop().create_future, self.config.padded_length
         tag = self._observer.on_submit()  # in the caller's task: a tracer reads its context
@@ -401,7 +403,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
                 entry.future.set_result(result)
         size, longest = len(live), max(e.cost for e in live)
         padded_tokens = self.config.padded_tokens(size, longest)
-        self._drain_per_s += 0.3 * (size / max(elapsed, 1e-6) - self._drain_per_s)
+        self._admission.observe(size, elapsed)
         self._cost.observe(padded_tokens, elapsed)
         self._observer.on_batch(
             BatchStats(
@@ -444,7 +446,3 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
                 future.cancel()
         if reason is not None and count:
             self._observer.on_reject(reason, count)
-
-    def _retry_after_s(self, incoming: int) -> float:
-        excess = len(self._queue) + incoming - self.config.queue_max
-        return max(1.0, excess / self._drain_per_s) if self._drain_per_s > 0 else 1.0
