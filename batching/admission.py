@@ -20,15 +20,27 @@ class Admission:
 
     def __init__(self, queue_max: int) -> None:
         self.queue_max = queue_max
-        self.drain_per_s = 0.0  # items per second of forward pass; 0 until a batch ran
+        self._items = 0.0  # smoothed items per batch
+        self._busy_s = 0.0  # smoothed seconds per batch
+
+    @property
+    def drain_per_s(self) -> float:
+        """Items per second of forward passes, recently; 0 until a batch ran.
+
+        A ratio of smoothed sums, not a smoothed ratio: with lengths grouped, batches of many
+        short items alternate with batches of few long ones, and the mean of their rates
+        would overstate what the queue drains by several times.
+        """
+        return self._items / self._busy_s if self._busy_s > 0 else 0.0
 
     def observe(self, size: int, elapsed_s: float) -> None:
         """A batch of `size` items ran in `elapsed_s`."""
-        rate = size / max(elapsed_s, 1e-6)
-        if self.drain_per_s == 0.0:  # the first batch: nothing to smooth with
-            self.drain_per_s = rate
+        elapsed_s = max(elapsed_s, 1e-6)
+        if self._busy_s == 0.0:  # the first batch: nothing to smooth with
+            self._items, self._busy_s = float(size), elapsed_s
         else:
-            self.drain_per_s += _SMOOTHING * (rate - self.drain_per_s)
+            self._items += _SMOOTHING * (size - self._items)
+            self._busy_s += _SMOOTHING * (elapsed_s - self._busy_s)
 
     def check(self, queued: int, incoming: int, now: float, deadline: float | None) -> None:
         """Return if `incoming` items may join `queued` ones; else raise QueueFullError.

@@ -41,6 +41,17 @@ def test_the_drain_rate_follows_the_batches() -> None:
     assert admission.drain_per_s == pytest.approx(16.0, rel=1e-3)
 
 
+def test_the_drain_rate_of_mixed_batches_is_what_they_drain_together() -> None:
+    # Length grouping alternates 32 short items in 0.1 s with 4 long ones in 0.5 s: together
+    # 36 items in 0.6 s (60/s), where the mean of the two rates (164/s) would admit requests
+    # that then wait past their deadlines.
+    admission = Admission(queue_max=10)
+    for _ in range(40):
+        admission.observe(size=32, elapsed_s=0.1)
+        admission.observe(size=4, elapsed_s=0.5)
+    assert 40 < admission.drain_per_s < 90
+
+
 async def test_the_batcher_sheds_what_it_cannot_serve_in_time(started) -> None:
     # 20 ms a batch of one: a queue of 30 takes about 0.6 s. A request with 0.2 s left is
     # refused at once with 429's error instead of waiting for its 504.
