@@ -129,7 +129,8 @@ def schemathesis(
         "PYTHONPATH": str(ROOT),
     }
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    # cwd: schemathesis keeps a cache (.schemathesis/) in its working directory
+    done = subprocess.run(command, env=env, cwd=workdir, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     data = json.loads(report.read_text()) if report.exists() else {}
     return {
