@@ -105,6 +105,8 @@ async def sample(
             "failed": sum(failures(result).values()),
         }
         samples.append(entry)
+        if entry["failed"]:
+            entry = {**entry, "failures": failures(result)}
         if elapsed - printed >= 60:
             printed = elapsed
             print(json.dumps(entry), flush=True)
