@@ -50,6 +50,7 @@ _BY_NUMPY_NAME = {dtype.name: datatype for datatype, dtype in DATATYPES.items()}
 BINARY_ONLY = frozenset({"FP16", "BF16"})
 _INTEGERS = frozenset({"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"})
 MAX_RANK = 32
+MAX_NAME_CHARS = 256  # a tensor's name; real ones are a few words
 _MAX_DIM = (1 << 63) - 1  # INT64, as the protocol's shapes are
 _LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
 
@@ -104,6 +105,8 @@ def parse_tensor(value: Any, index: int, *, max_bytes: int) -> Tensor:
     name = value.get("name")
     if not isinstance(name, str):
         raise InvalidInputError(f"inputs[{index}].name must be a string")
+    if len(name) > MAX_NAME_CHARS:  # every later message quotes it: bounded here
+        raise InvalidInputError(f"inputs[{index}].name is longer than {MAX_NAME_CHARS} characters")
     datatype = value.get("datatype")
     if not isinstance(datatype, str) or datatype not in DATATYPES:  # a dict is not hashable
         raise InvalidInputError(

@@ -453,6 +453,11 @@ async def test_refusals_are_400_in_the_protocols_shape(
             "has datatype FP64; the model takes FP32",
         ),
         "missing input": ({"inputs": [bias]}, b"", "missing input(s) ['x']"),
+        "a name of half a megabyte, quoted by later checks": (
+            {"inputs": [{**x_binary(-1), "name": "n" * 500_000}, bias]},
+            b"",
+            "name is longer than 256 characters",
+        ),
         "bytes after the tensors": (
             {"inputs": [x_binary(128), bias]},
             x.tobytes() + b"!",
@@ -495,6 +500,7 @@ async def test_refusals_are_400_in_the_protocols_shape(
         status, answer, response = await post(s, path, body, binary, **{"X-Request-Id": "case-1"})
         assert status == 400, (case, answer)
         assert set(answer) == {"error"} and message in answer["error"], (case, answer)
+        assert len(answer["error"]) < 2000, case  # no client value echoed in full
         assert response.headers["X-Request-Id"] == "case-1"
         ok, _, _ = await post(
             s,
