@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from sidecar.api import oip_tensors
+from sidecar.api import oip_tensors, wire
 from sidecar.api.oip_tensors import BINARY_ONLY, DATATYPES, Array, Tensor
 from sidecar.api.openapi import BOOLEAN, INTEGER, STRING, array
 from sidecar.api.schema import JsonSchema
@@ -84,12 +82,7 @@ class InferRequest:
             InvalidInputError: 400.
             TooManyInputsError: 413, before any data is decoded.
         """
-        try:
-            data = orjson.loads(header)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInputError(f"the request header is not valid JSON: {exc.msg}") from None
-        if not isinstance(data, dict):
-            raise InvalidInputError("the request must be a JSON object")
+        data = wire.parse_json(header, "the request header")
         request_id = data.get("id")
         if request_id is not None and not isinstance(request_id, str):
             raise InvalidInputError("'id' must be a string")

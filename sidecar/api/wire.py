@@ -157,14 +157,15 @@ async def expect(request: web.Request) -> None:
         raise web.HTTPExpectationFailed()
 
 
-def parse_json(body: bytes | bytearray) -> dict[str, Any]:
-    """Decode a JSON object body (NaN and Infinity are not JSON and are refused)."""
+def parse_json(body: bytes | bytearray, what: str = "the body") -> dict[str, Any]:
+    """Decode a JSON object (NaN and Infinity are not JSON and are refused); `what` names it
+    in the errors."""
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidJsonError(f"the body is not valid JSON: {exc.msg}") from None
+        raise InvalidJsonError(f"{what} is not valid JSON: {exc.msg}") from None
     if not isinstance(value, dict):
-        raise InvalidInputError("the body must be a JSON object")
+        raise InvalidInputError(f"{what} must be a JSON object")
     return value
 
 
