@@ -9,13 +9,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`sidecar ARGS...` in a fresh interpreter, its output captured."""
     return subprocess.run(
         [sys.executable, "-m", "sidecar", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import onnx
@@ -16,18 +15,11 @@ from sidecar.models import Embeddings, LoadOptions, TextInputs, run_inline
 from sidecar.models.families import load_model
 from sidecar.onnx_export import ExportError, export_onnx
 from sidecar.serving import loading
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.sidecar.test_cli import run as sidecar_cli
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return sidecar_cli(*args, timeout=300)  # an export loads, exports and checks a model
 
 
 def test_the_command_writes_a_directory_the_onnx_backend_serves(
