@@ -1,17 +1,31 @@
-"""Settings from the environment: parsed once, validated in one place, passed down."""
+"""Settings from the environment: parsed once, validated in one place, passed down.
+
+A feature with several variables of its own (DESIGN sections 12-14) keeps them in a frozen
+dataclass in its own module with a `from_env(environ)` built on `sidecar.environ`, and `Settings`
+holds it as one field.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
+from sidecar.environ import (
+    EnvReader,
+    boolean,
+    choice,
+    float_in,
+    http_url,
+    int_in,
+    nonempty,
+    octal_mode,
+    socket_path,
+)
 from sidecar.errors import ConfigError
-
-T = TypeVar("T")
 
 # The tasks the contract names (DESIGN section 11). Which of them a snapshot can serve is its
 # model family's business: asking for one it cannot serve stops start-up (exit code 1).
@@ -26,8 +40,6 @@ BACKENDS = ("auto", "torch", "onnx")
 SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 # SIDECAR_BATCH_MAX_SIZE when unset. On a CPU a forward pass costs about its padded tokens, so
@@ -134,24 +146,24 @@ class Tracing:
             ConfigError: an endpoint that is not an http(s) URL, an exporter or protocol the
                 sidecar does not export with.
         """
-        env = _Reader(environ)
-        if env.get("OTEL_SDK_DISABLED", _bool, False):
+        env = EnvReader(environ)
+        if env.get("OTEL_SDK_DISABLED", boolean, False):
             return None
-        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _http_url, None)
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", http_url, None)
         if endpoint is None:
             # The general endpoint is a base URL: the signal's path is appended (OTLP spec).
-            base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", _http_url, None)
+            base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", http_url, None)
             if base is None:
                 return None
             endpoint = base.rstrip("/") + "/v1/traces"
-        if env.get("OTEL_TRACES_EXPORTER", _choice(("otlp", "none")), "otlp") == "none":
+        if env.get("OTEL_TRACES_EXPORTER", choice(("otlp", "none")), "otlp") == "none":
             return None
         # The per-signal variable wins over the general one.
         protocol = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
         if not environ.get(protocol, "").strip():
             protocol = "OTEL_EXPORTER_OTLP_PROTOCOL"
         env.get(protocol, _otlp_protocol, None)
-        return cls(endpoint, env.get("OTEL_SERVICE_NAME", _nonempty, None))
+        return cls(endpoint, env.get("OTEL_SERVICE_NAME", nonempty, None))
 
     def public(self) -> dict[str, str | None]:
         """As served at /v1/info: credentials in the URL redacted."""
@@ -223,54 +235,52 @@ class Settings:
         Raises:
             ConfigError: naming the variable, the value and what is accepted.
         """
-        env = _Reader(environ)
+        env = EnvReader(environ)
         settings = cls(
-            model=env.get("SIDECAR_MODEL", _nonempty, None),
+            model=env.get("SIDECAR_MODEL", nonempty, None),
             model_name=env.get("SIDECAR_MODEL_NAME", _served_name, None),
-            model_version=env.get("SIDECAR_MODEL_VERSION", _nonempty, None),
-            task=env.get("SIDECAR_TASK", _choice(TASKS), None),
+            model_version=env.get("SIDECAR_MODEL_VERSION", nonempty, None),
+            task=env.get("SIDECAR_TASK", choice(TASKS), None),
             device=env.get("SIDECAR_DEVICE", _device, "auto"),
-            dtype=env.get("SIDECAR_DTYPE", _choice(DTYPES), "auto"),
-            backend=env.get("SIDECAR_BACKEND", _choice(BACKENDS), "auto"),
-            batch_window_ms=env.get("SIDECAR_BATCH_WINDOW_MS", _int_in(0, 1000), 20),
-            batch_min_size=env.get("SIDECAR_BATCH_MIN_SIZE", _int_in(1, 4096), 1),
-            batch_max_size=env.get("SIDECAR_BATCH_MAX_SIZE", _int_in(1, 4096), None),
-            batch_max_tokens=env.get("SIDECAR_BATCH_MAX_TOKENS", _int_in(1, 1 << 24), 16384),
-            batch_adaptive=env.get("SIDECAR_BATCH_ADAPTIVE", _bool, True),
-            batch_max_padding=env.get("SIDECAR_BATCH_MAX_PADDING", _float_in(0.0, 1.0), None),
-            shape_buckets=env.get("SIDECAR_SHAPE_BUCKETS", _choice(("auto", "on", "off")), "auto"),
-            queue_max=(queue_max := env.get("SIDECAR_QUEUE_MAX", _int_in(1, 1 << 20), 512)),
-            cache_max_items=env.get("SIDECAR_CACHE_MAX_ITEMS", _int_in(0, MAX_CACHE_ITEMS), 0),
-            request_timeout_ms=env.get("SIDECAR_REQUEST_TIMEOUT_MS", _int_in(1, 3_600_000), 30000),
-            max_input_tokens=env.get("SIDECAR_MAX_INPUT_TOKENS", _int_in(2, 1 << 20), None),
+            dtype=env.get("SIDECAR_DTYPE", choice(DTYPES), "auto"),
+            backend=env.get("SIDECAR_BACKEND", choice(BACKENDS), "auto"),
+            batch_window_ms=env.get("SIDECAR_BATCH_WINDOW_MS", int_in(0, 1000), 20),
+            batch_min_size=env.get("SIDECAR_BATCH_MIN_SIZE", int_in(1, 4096), 1),
+            batch_max_size=env.get("SIDECAR_BATCH_MAX_SIZE", int_in(1, 4096), None),
+            batch_max_tokens=env.get("SIDECAR_BATCH_MAX_TOKENS", int_in(1, 1 << 24), 16384),
+            batch_adaptive=env.get("SIDECAR_BATCH_ADAPTIVE", boolean, True),
+            batch_max_padding=env.get("SIDECAR_BATCH_MAX_PADDING", float_in(0.0, 1.0), None),
+            shape_buckets=env.get("SIDECAR_SHAPE_BUCKETS", choice(("auto", "on", "off")), "auto"),
+            queue_max=(queue_max := env.get("SIDECAR_QUEUE_MAX", int_in(1, 1 << 20), 512)),
+            cache_max_items=env.get("SIDECAR_CACHE_MAX_ITEMS", int_in(0, MAX_CACHE_ITEMS), 0),
+            request_timeout_ms=env.get("SIDECAR_REQUEST_TIMEOUT_MS", int_in(1, 3_600_000), 30000),
+            max_input_tokens=env.get("SIDECAR_MAX_INPUT_TOKENS", int_in(2, 1 << 20), None),
             # Unset, it follows a lower queue limit: only limits the user set can contradict.
             max_client_batch=env.get(
-                "SIDECAR_MAX_CLIENT_BATCH", _int_in(1, 1 << 16), min(256, queue_max)
+                "SIDECAR_MAX_CLIENT_BATCH", int_in(1, 1 << 16), min(256, queue_max)
             ),
-            max_body_bytes=env.get("SIDECAR_MAX_BODY_BYTES", _int_in(1024, 1 << 31), 8 << 20),
-            keepalive_timeout_s=env.get(
-                "SIDECAR_KEEPALIVE_TIMEOUT_S", _float_in(0.1, 3600.0), 15.0
-            ),
-            max_connections=env.get("SIDECAR_MAX_CONNECTIONS", _int_in(1, 1 << 20), 1024),
-            host=env.get("SIDECAR_HOST", _nonempty, "127.0.0.1"),
-            port=env.get("SIDECAR_PORT", _int_in(0, 65535), 8080),
-            uds=env.get("SIDECAR_UDS", _socket_path, None),
-            uds_mode=env.get("SIDECAR_UDS_MODE", _octal_mode, 0o660),
-            health_host=env.get("SIDECAR_HEALTH_HOST", _nonempty, "0.0.0.0"),
-            health_port=env.get("SIDECAR_HEALTH_PORT", _int_in(0, 65535), 9090),
-            auth_token_file=env.get("SIDECAR_AUTH_TOKEN_FILE", _nonempty, None),
-            load_threads=env.get("SIDECAR_LOAD_THREADS", _int_in(1, 256), 8),
-            load_chunk_mb=env.get("SIDECAR_LOAD_CHUNK_MB", _int_in(1, 1024), 16),
-            load_mode=env.get("SIDECAR_LOAD_MODE", _choice(LOAD_MODES), "auto"),
+            max_body_bytes=env.get("SIDECAR_MAX_BODY_BYTES", int_in(1024, 1 << 31), 8 << 20),
+            keepalive_timeout_s=env.get("SIDECAR_KEEPALIVE_TIMEOUT_S", float_in(0.1, 3600.0), 15.0),
+            max_connections=env.get("SIDECAR_MAX_CONNECTIONS", int_in(1, 1 << 20), 1024),
+            host=env.get("SIDECAR_HOST", nonempty, "127.0.0.1"),
+            port=env.get("SIDECAR_PORT", int_in(0, 65535), 8080),
+            uds=env.get("SIDECAR_UDS", socket_path, None),
+            uds_mode=env.get("SIDECAR_UDS_MODE", octal_mode, 0o660),
+            health_host=env.get("SIDECAR_HEALTH_HOST", nonempty, "0.0.0.0"),
+            health_port=env.get("SIDECAR_HEALTH_PORT", int_in(0, 65535), 9090),
+            auth_token_file=env.get("SIDECAR_AUTH_TOKEN_FILE", nonempty, None),
+            load_threads=env.get("SIDECAR_LOAD_THREADS", int_in(1, 256), 8),
+            load_chunk_mb=env.get("SIDECAR_LOAD_CHUNK_MB", int_in(1, 1024), 16),
+            load_mode=env.get("SIDECAR_LOAD_MODE", choice(LOAD_MODES), "auto"),
             model_sha256=env.get("SIDECAR_MODEL_SHA256", _digest_pins, None),
-            warmup=env.get("SIDECAR_WARMUP", _bool, True),
-            drain_timeout_s=env.get("SIDECAR_DRAIN_TIMEOUT_S", _float_in(0.0, 3600.0), 30.0),
-            forward_timeout_s=env.get("SIDECAR_FORWARD_TIMEOUT_S", _float_in(0.0, 86400.0), 120.0),
-            log_level=env.get("SIDECAR_LOG_LEVEL", _choice(LOG_LEVELS), "info"),
-            log_format=env.get("SIDECAR_LOG_FORMAT", _choice(LOG_FORMATS), "json"),
-            hf_home=env.get("HF_HOME", _nonempty, None),
-            hf_offline=env.get("HF_HUB_OFFLINE", _bool, False),
-            hf_token=env.get("HF_TOKEN", _nonempty, None),
+            warmup=env.get("SIDECAR_WARMUP", boolean, True),
+            drain_timeout_s=env.get("SIDECAR_DRAIN_TIMEOUT_S", float_in(0.0, 3600.0), 30.0),
+            forward_timeout_s=env.get("SIDECAR_FORWARD_TIMEOUT_S", float_in(0.0, 86400.0), 120.0),
+            log_level=env.get("SIDECAR_LOG_LEVEL", choice(LOG_LEVELS), "info"),
+            log_format=env.get("SIDECAR_LOG_FORMAT", choice(LOG_FORMATS), "json"),
+            hf_home=env.get("HF_HOME", nonempty, None),
+            hf_offline=env.get("HF_HUB_OFFLINE", boolean, False),
+            hf_token=env.get("HF_TOKEN", nonempty, None),
             tracing=Tracing.from_env(environ),
         )
         settings.check()
@@ -319,83 +329,16 @@ class Settings:
         return values
 
 
-class _Reader:
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
-        raw = self._environ.get(name)
-        if raw is None or raw.strip() == "":
-            return default
-        try:
-            return parse(raw.strip())
-        except ValueError as exc:
-            raise ConfigError(name, raw, str(exc)) from None
-
-
-def _nonempty(raw: str) -> str:
-    return raw
-
-
 def _served_name(raw: str) -> str:
     if not SERVED_NAME.fullmatch(raw):
         raise ValueError("letters, digits, '.', '_' and '-', starting with a letter or digit")
     return raw
 
 
-def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        if raw.lower() not in options:
-            raise ValueError("one of " + ", ".join(options))
-        return raw.lower()
-
-    return parse
-
-
 def _device(raw: str) -> str:
     if not _DEVICE.match(raw.lower()):
         raise ValueError("auto, cpu, cuda or cuda:N")
     return raw.lower()
-
-
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"an integer from {low} to {high}") from None
-        if not low <= value <= high:
-            raise ValueError(f"an integer from {low} to {high}")
-        return value
-
-    return parse
-
-
-def _float_in(low: float, high: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"a number from {low:g} to {high:g}") from None
-        if not low <= value <= high:  # also rejects NaN
-            raise ValueError(f"a number from {low:g} to {high:g}")
-        return value
-
-    return parse
-
-
-def _bool(raw: str) -> bool:
-    if raw.lower() in _TRUE:
-        return True
-    if raw.lower() in _FALSE:
-        return False
-    raise ValueError("true or false (also 1/0, yes/no, on/off)")
-
-
-def _octal_mode(raw: str) -> int:
-    if not re.fullmatch(r"0?o?[0-7]{3,4}", raw):
-        raise ValueError("an octal file mode such as 0660")
-    return int(raw.replace("o", ""), 8)
 
 
 def _digest_pins(raw: str) -> DigestPins:
@@ -407,21 +350,7 @@ def _digest_pins(raw: str) -> DigestPins:
         ) from None
 
 
-def _http_url(raw: str) -> str:
-    url = urllib.parse.urlsplit(raw)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise ValueError("an http:// or https:// URL, such as http://otel-collector:4318")
-    return raw
-
-
 def _otlp_protocol(raw: str) -> str:
     if raw.lower() != "http/protobuf":
         raise ValueError("http/protobuf: the sidecar exports spans as OTLP over HTTP (port 4318)")
     return raw.lower()
-
-
-def _socket_path(raw: str) -> str:
-    # sun_path holds 108 bytes including the terminating NUL.
-    if len(raw.encode()) > 107:
-        raise ValueError("a socket path of at most 107 bytes")
-    return raw
