@@ -26,12 +26,25 @@ from loaders.release import release_unreferenced
 from loaders.sources import HUB_SCHEME, ModelSource, pull, resolve_source
 from loaders.storage import filesystem_type, is_network_filesystem
 from loaders.stream import LoadStats, ReadChunk, load_weights, plan_chunks
+from loaders.versions import (
+    DESIRED_FILE,
+    DesiredState,
+    Share,
+    VersionsFileError,
+    fingerprint,
+    is_model_root,
+    read_desired,
+    scan_versions,
+    version_order,
+)
 
 __all__ = [
+    "DESIRED_FILE",
     "DTYPES",
     "HUB_SCHEME",
     "MAX_HEADER_BYTES",
     "CorruptWeightsError",
+    "DesiredState",
     "DigestMismatchError",
     "DuplicateTensorError",
     "HeaderError",
@@ -42,16 +55,23 @@ __all__ = [
     "OffsetError",
     "ReadChunk",
     "SafetensorsHeader",
+    "Share",
     "TensorInfo",
     "TruncatedFileError",
+    "VersionsFileError",
     "WeightsReadError",
     "filesystem_type",
+    "fingerprint",
+    "is_model_root",
     "is_network_filesystem",
     "load_weights",
     "plan_chunks",
     "pull",
+    "read_desired",
     "read_header",
     "recorded_digests",
     "release_unreferenced",
     "resolve_source",
+    "scan_versions",
+    "version_order",
 ]

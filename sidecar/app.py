@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from sidecar.api import ERROR_BODIES, PROTOCOLS, health, openapi, wire
+from sidecar.api import ERROR_BODIES, PROTOCOLS, admin, health, openapi, wire
 from sidecar.api.keys import BODY_BUDGET, METRICS, OPENAPI, SERVICE, TIMELINE
 from sidecar.api.schema import Limits
 from sidecar.api.wire import BodyBudget
@@ -57,6 +57,16 @@ def build_health_app(service: Service, metrics: Metrics, timeline: Timeline) -> 
     return app
 
 
+def build_admin_app(
+    service: Service, metrics: Metrics, timeline: Timeline, guard: Middleware
+) -> web.Application:
+    """The admin API alone, for the admin socket (`sidecar.admin_socket`); `guard` refuses
+    clients of another user before any route runs."""
+    app = _base_app(service, metrics, timeline, [guard])
+    app.add_routes(_continue_when_read(admin.routes()))
+    return app
+
+
 def _base_app(
     service: Service,
     metrics: Metrics,
@@ -70,6 +80,7 @@ def _base_app(
         client_max_size=service.settings.max_body_bytes,
     )
     app[SERVICE] = service
+    app.on_response_prepare.append(wire.version_header)
     # Eight bodies of the largest size at once; bodies are small in practice, so this bounds
     # what a burst of large ones can hold without refusing ordinary load.
     app[BODY_BUDGET] = BodyBudget(BODY_BUDGET_BODIES * service.settings.max_body_bytes)

@@ -1,5 +1,5 @@
-"""Command line: `sidecar serve` (the default), `sidecar pull MODEL` and
-`sidecar export onnx MODEL OUT`."""
+"""Command line: `sidecar serve` (the default), `sidecar pull MODEL`,
+`sidecar export onnx MODEL OUT` and `sidecar admin ...` (model versions, `sidecar.admin_client`)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         "--samples", type=Path, help="texts for the parity check, one a line (default: 200 "
         "generated from the tokenizer's vocabulary)",
     )  # fmt: skip
+    from sidecar import admin_client
+
+    admin_client.add_parser(commands)
     args = parser.parse_args(argv)
     environ = os.environ if environ is None else environ
     from sidecar.auth import BearerToken
@@ -55,6 +58,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     from sidecar import logs
 
     logs.configure(settings.log_level, settings.log_format)
+    if args.command == "admin":
+        return admin_client.run(args, settings.versions.admin_uds)
     if args.command == "pull":
         return _pull(args.model, settings)
     if args.command == "export":

@@ -26,6 +26,7 @@ from sidecar.environ import (
     socket_path,
 )
 from sidecar.errors import ConfigError
+from sidecar.versions_settings import VersionsSettings
 
 # The tasks the contract names (DESIGN section 11). Which of them a snapshot can serve is its
 # model family's business: asking for one it cannot serve stops start-up (exit code 1).
@@ -227,6 +228,8 @@ class Settings:
     hf_token: str | None = dataclasses.field(default=None, repr=False)
     # Read from the OpenTelemetry variables (see Tracing); None: no tracing.
     tracing: Tracing | None = None
+    # Model versions in one pod (DESIGN section 12).
+    versions: VersionsSettings = dataclasses.field(default_factory=VersionsSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -282,6 +285,7 @@ class Settings:
             hf_offline=env.get("HF_HUB_OFFLINE", boolean, False),
             hf_token=env.get("HF_TOKEN", nonempty, None),
             tracing=Tracing.from_env(environ),
+            versions=VersionsSettings.from_env(environ),
         )
         settings.check()
         return settings
@@ -314,6 +318,10 @@ class Settings:
             )
         if self.load_mode == "mmap" and self.device.startswith("cuda"):
             raise ConfigError("SIDECAR_LOAD_MODE", "mmap", "auto or read with a CUDA device")
+        if self.versions.admin_uds is not None and self.versions.admin_uds == self.uds:
+            raise ConfigError(
+                "SIDECAR_ADMIN_UDS", self.versions.admin_uds, "a socket path other than SIDECAR_UDS"
+            )
         if self.port == 0 and self.uds is None:
             raise ConfigError("SIDECAR_PORT", "0", "a TCP port, unless SIDECAR_UDS is set")
 
@@ -326,6 +334,7 @@ class Settings:
         values["uds_mode"] = oct(self.uds_mode)
         values["model_sha256"] = self.model_sha256.text if self.model_sha256 else None
         values["tracing"] = self.tracing.public() if self.tracing else None
+        values["versions"] = self.versions.public()
         return values
 
 

@@ -11,7 +11,10 @@
           │    ├── UriTooLongError       414 uri_too_long
           │    └── HeadersTooLargeError  431 headers_too_large
           ├── UnauthorizedError          401 unauthorized
+          ├── ForbiddenError             403 forbidden (the admin socket: another user)
           ├── ModelNotFoundError         404 model_not_found
+          │    └── VersionNotFoundError  404 version_not_found
+          ├── ConflictError              409 conflict (an admin change the state forbids)
           ├── RequestTimeoutError        408 request_timeout (the body did not arrive in time)
           ├── PayloadTooLargeError       413 payload_too_large
           │    └── TooManyInputsError    413 too_many_inputs
@@ -19,7 +22,8 @@
           ├── BusyError                  429 server_busy (too many request body bytes held at once)
           └── UnavailableError           503
                ├── NotReadyError         503 not_ready (loading)
-               └── DrainingError         503 draining
+               ├── DrainingError         503 draining
+               └── VersionNotReadyError  503 version_not_ready
 
 The layers below raise their own HTTP-agnostic errors (`batching`, `sidecar.models`, `loaders`);
 the same table maps those.
@@ -110,3 +114,23 @@ class NotReadyError(UnavailableError):
 
 class DrainingError(UnavailableError):
     """The server is draining before it stops: it takes no new requests."""
+
+
+class ForbiddenError(ApiError):
+    """The client may not use this listener (the admin socket refuses other users)."""
+
+
+class VersionNotFoundError(ModelNotFoundError):
+    """A request pins a version the model does not have."""
+
+
+class ConflictError(ApiError):
+    """An admin change the versions' state does not allow now."""
+
+
+class VersionNotReadyError(UnavailableError):
+    """A request pins a version that is not ready (loading, draining, failed, unloaded)."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -29,6 +29,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Middleware
 
+import loaders
 from batching import (
     BatcherClosedError,
     DeadlineExceededError,
@@ -40,7 +41,9 @@ from sidecar.api.keys import ARRIVED_AT, REQUEST_ID
 from sidecar.api.wire import Handler, json_response
 from sidecar.errors import (
     BusyError,
+    ConflictError,
     DrainingError,
+    ForbiddenError,
     HeadersTooLargeError,
     InvalidInputError,
     InvalidJsonError,
@@ -54,6 +57,8 @@ from sidecar.errors import (
     UnsupportedEncodingError,
     UnsupportedTaskError,
     UriTooLongError,
+    VersionNotFoundError,
+    VersionNotReadyError,
 )
 from sidecar.metrics import Metrics
 from sidecar.models import InputError, InputTooLongError, WrongInputsError
@@ -89,9 +94,13 @@ ERRORS: dict[type[BaseException], Reply] = {
     MalformedRequestError: Reply(400, "bad_request", close=True),
     web.RequestPayloadError: Reply(400, "bad_request", "the request body is malformed", close=True),
     UnauthorizedError: Reply(401, "unauthorized", headers=(("WWW-Authenticate", "Bearer"),)),
+    ForbiddenError: Reply(403, "forbidden"),
     ModelNotFoundError: Reply(404, "model_not_found"),
+    VersionNotFoundError: Reply(404, "version_not_found"),
     web.HTTPNotFound: Reply(404, "not_found", "no such route"),
     web.HTTPMethodNotAllowed: Reply(405, "method_not_allowed", "method not allowed on this route"),
+    ConflictError: Reply(409, "conflict"),
+    loaders.VersionsFileError: Reply(409, "invalid_versions_file"),
     RequestTimeoutError: Reply(408, "request_timeout", close=True),
     TooManyInputsError: Reply(413, "too_many_inputs"),
     PayloadTooLargeError: Reply(413, "payload_too_large", close=True),
@@ -108,6 +117,7 @@ ERRORS: dict[type[BaseException], Reply] = {
     HeadersTooLargeError: Reply(431, "headers_too_large", close=True),
     NotReadyError: Reply(503, "not_ready", retry_after_s=5),
     DrainingError: Reply(503, "draining", retry_after_s=1),
+    VersionNotReadyError: Reply(503, "version_not_ready", retry_after_s=5),
     BatcherClosedError: Reply(503, "draining", "the server is draining", retry_after_s=1),
     DeviceFailedError: Reply(503, "device_failed", "the device failed; the container restarts"),
     DeadlineExceededError: Reply(504, "deadline_exceeded"),

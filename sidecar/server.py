@@ -14,7 +14,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from sidecar.app import build_api_app, build_health_app
+from sidecar.admin_socket import bind_admin_socket, same_user_only
+from sidecar.app import build_admin_app, build_api_app, build_health_app
 from sidecar.auth import BearerToken
 from sidecar.config import Settings
 from sidecar.errors import StartupError
@@ -71,6 +72,7 @@ class Server:
         self._health: HealthPort | None = None
         self._watching: asyncio.Task[None] | None = None
         self._bound_socket: Path | None = None
+        self._admin_socket: Path | None = None
         self.addresses: dict[str, object] = {}
 
     async def start(self) -> None:
@@ -111,10 +113,27 @@ class Server:
                 sock=self._sockets.get("health"),
             )
             self.addresses["health"] = await self._health.start()
+        if settings.versions.admin_uds:
+            await self._start_admin(Path(settings.versions.admin_uds), limits)
         if self._auth is not None:
             self._watching = asyncio.create_task(self._auth.watch(), name="watch-token")
         self.timeline.mark("bind")
         logger.info("listening: %s", self.addresses)
+
+    async def _start_admin(self, path: Path, limits: Limits) -> None:
+        """The admin API on its own socket (mode 0600, the sidecar's user only)."""
+        app = build_admin_app(self.service, self.metrics, self.timeline, same_user_only)
+        runner = Runner(
+            app,
+            metrics=self.metrics,
+            limits=Limits(keepalive_timeout_s=limits.keepalive_timeout_s, max_connections=16),
+            shutdown_timeout_s=5.0,
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        await web.SockSite(runner, bind_admin_socket(path)).start()
+        self._admin_socket = path
+        self.addresses["admin"] = str(path)
 
     async def load(self) -> None:
         """Load and warm the model; readiness turns on when it is done."""
@@ -142,6 +161,10 @@ class Server:
             with contextlib.suppress(FileNotFoundError):
                 self._bound_socket.unlink()
             self._bound_socket = None
+        if self._admin_socket is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._admin_socket.unlink()
+            self._admin_socket = None
         if self.tracer is not None:
             await self.tracer.close()  # the last spans exported
         return drained

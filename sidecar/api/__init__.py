@@ -5,6 +5,7 @@
     rerank    /v1/rerank (the Cohere / Jina / vLLM shape)
     oip       /v2 (the Open Inference Protocol: Triton, KServe, MLServer clients)
     health    /livez, /readyz, /startupz, /metrics
+    admin     /admin/v1 (model versions; only on the admin socket, never in PROTOCOLS)
     openapi   /openapi.json (the document of every module's routes)
 
 Each module holds its request types and handlers and exposes `routes()`, and `openapi_paths()`:
@@ -16,10 +17,20 @@ its engine, and renders the result; it never touches a tokenizer or torch.
 
 from __future__ import annotations
 
-from sidecar.api import health, native, oip, openai, openapi, rerank
+from sidecar.api import admin, health, native, oip, openai, openapi, rerank
 
 PROTOCOLS = (native, openai, rerank, oip, openapi)
 # Path prefix -> the error shape of a protocol that has its own (the middleware renders it).
 ERROR_BODIES = {oip.PATH_PREFIX: oip.error_body}
 
-__all__ = ["ERROR_BODIES", "PROTOCOLS", "health", "native", "oip", "openai", "openapi", "rerank"]
+__all__ = [
+    "ERROR_BODIES",
+    "PROTOCOLS",
+    "admin",
+    "health",
+    "native",
+    "oip",
+    "openai",
+    "openapi",
+    "rerank",
+]

@@ -8,7 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from sidecar.api.wire import BodyBudget
-    from sidecar.serving import Service
+    from sidecar.serving import Lease, Service
     from sidecar.timeline import Timeline
 
 
@@ -28,3 +28,5 @@ OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)  # the document, rende
 ARRIVED_AT: web.RequestKey[float] = web.RequestKey("arrived_at", float)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 BODY_BYTES: web.RequestKey[int] = web.RequestKey("body_bytes", int)  # charged to BODY_BUDGET
+LEASE: web.RequestKey[Lease] = web.RequestKey("lease")  # the version the request was routed to
+MODEL_VERSION: web.RequestKey[str] = web.RequestKey("model_version", str)  # X-Model-Version

@@ -28,6 +28,7 @@ from sidecar.api.openapi import (
     json_content,
     model_parameter,
     nullable,
+    pinned,
     record,
 )
 from sidecar.api.schema import Boolean, Field, JsonSchema, Limits, Object, Texts
@@ -73,8 +74,10 @@ def routes() -> list[web.RouteDef]:
     return [
         web.post("/v1/predict", predict),
         web.post("/v1/models/{model}/predict", predict),
+        web.post("/v1/models/{model}/versions/{version}/predict", predict),
         web.get("/v1/models", list_models),
         web.get("/v1/models/{model}", get_model),
+        web.get("/v1/models/{model}/versions/{version}", get_model),
         web.get("/v1/info", info),
     ]
 
@@ -95,6 +98,7 @@ def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
     return {
         "/v1/predict": {"post": predict_op()},
         "/v1/models/{model}/predict": {"post": predict_op(404)},
+        "/v1/models/{model}/versions/{version}/predict": pinned({"post": predict_op(404)}),
         "/v1/models": {
             "get": openapi.operation(
                 "The served model",
@@ -114,6 +118,18 @@ def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
                 tag="native",
             )
         },
+        "/v1/models/{model}/versions/{version}": pinned(
+            {
+                "get": openapi.operation(
+                    "A version's card",
+                    limits=limits,
+                    ok=model_card,
+                    errors=[404, 503],
+                    parameters=[model_parameter()],
+                    tag="native",
+                )
+            }
+        ),
         "/v1/info": {
             "get": openapi.operation(
                 "Effective settings, build version, load figures",
@@ -159,19 +175,20 @@ def _results(result: Result) -> list[dict[str, Any]]:
 
 
 async def list_models(request: web.Request) -> web.StreamResponse:
-    """`GET /v1/models`."""
+    """`GET /v1/models`: the model (its stable version's card), its versions and states."""
     service = request.app[SERVICE]
     service.check_ready()
-    return wire.json_response(
-        {"object": "list", "data": [model_card(service, service.model(None))]}
-    )
+    card = model_card(service, service.model(None))
+    return wire.json_response({"object": "list", "data": [card | service.versions()]})
 
 
 async def get_model(request: web.Request) -> web.StreamResponse:
-    """`GET /v1/models/{model}`."""
+    """`GET /v1/models/{model}[/versions/{version}]`: the card of the stable or named version."""
     service = request.app[SERVICE]
     service.check_ready()
-    return wire.json_response(model_card(service, service.model(request.match_info["model"])))
+    name, version = request.match_info["model"], request.match_info.get("version")
+    served = service.model(name) if version is None else service.version(name, version)
+    return wire.json_response(model_card(service, served) | service.versions())
 
 
 async def info(request: web.Request) -> web.StreamResponse:

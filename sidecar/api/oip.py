@@ -35,7 +35,7 @@ from sidecar.api.oip_tensors import Array
 from sidecar.api.oip_types import InferRequest, Signature
 from sidecar.api.openapi import json_content, model_parameter
 from sidecar.api.schema import JsonSchema, Limits
-from sidecar.errors import InvalidInputError, ModelNotFoundError
+from sidecar.errors import InvalidInputError
 from sidecar.models import (
     Classifications,
     Embeddings,
@@ -138,20 +138,15 @@ def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
 
 
 def _served(request: web.Request) -> ServedModel:
-    """The model (and version) the path names.
+    """The model (and version) the path names, for its metadata.
 
     Raises:
-        ModelNotFoundError: another model, or another version of it.
-        NotReadyError: nothing is loaded yet.
+        ModelNotFoundError: another model, or a version it does not have (VersionNotFoundError).
+        NotReadyError: nothing is loaded yet; VersionNotReadyError: the version is not ready.
     """
-    served = request.app[SERVICE].model(request.match_info["model"])
-    version = request.match_info.get("version")
-    if version is not None and version != served.version:
-        raise ModelNotFoundError(
-            f"model '{served.name}' has no version '{version[:64]}'; it serves version "
-            f"'{served.version}'"
-        )
-    return served
+    service = request.app[SERVICE]
+    name, version = request.match_info["model"], request.match_info.get("version")
+    return service.model(name) if version is None else service.version(name, version)
 
 
 async def server_metadata(request: web.Request) -> web.StreamResponse:
@@ -183,12 +178,18 @@ async def model_metadata(request: web.Request) -> web.StreamResponse:
     return wire.json_response(
         {
             "name": served.name,
-            "versions": [served.version],
+            "versions": _ready_versions(request),
             "platform": _PLATFORMS.get(card.backend, card.backend),
             "inputs": [_metadata(*spec) for spec in signature.inputs],
             "outputs": [_metadata(*spec) for spec in signature.outputs],
         }
     )
+
+
+def _ready_versions(request: web.Request) -> list[str]:
+    listed = request.app[SERVICE].versions()["versions"]
+    assert isinstance(listed, list)
+    return [v["version"] for v in listed if v["state"] == "ready"]
 
 
 def _metadata(name: str, datatype: str, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -205,7 +206,7 @@ async def model_ready(request: web.Request) -> web.StreamResponse:
 @wire.inference
 async def infer(request: web.Request) -> web.StreamResponse:
     """`POST /v2/models/{model}[/versions/{version}]/infer`."""
-    served = _served(request)
+    served = wire.route(request, request.match_info["model"])
     settings = request.app[SERVICE].settings
     signature = Signature.of(served.engine.card)
     body = await wire.read_body(request)

@@ -15,7 +15,16 @@ from aiohttp import web
 
 from sidecar.api import wire
 from sidecar.api.keys import SERVICE
-from sidecar.api.openapi import INTEGER, NUMBER, STRING, array, json_content, operation, record
+from sidecar.api.openapi import (
+    INTEGER,
+    NUMBER,
+    STRING,
+    array,
+    json_content,
+    operation,
+    pinned,
+    record,
+)
 from sidecar.api.schema import (
     Boolean,
     Choice,
@@ -65,21 +74,26 @@ class EmbeddingsRequest:
 
 
 def routes() -> list[web.RouteDef]:
-    return [web.post("/v1/embeddings", embeddings)]
+    return [
+        web.post("/v1/embeddings", embeddings),
+        web.post("/v1/models/{model}/versions/{version}/embeddings", embeddings),
+    ]
 
 
 def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
+    path_item = {
+        "post": operation(
+            "OpenAI-compatible embeddings",
+            limits=limits,
+            body=EMBEDDINGS,
+            ok=json_content(_EMBEDDINGS_RESPONSE),
+            errors=[404],
+            tag="openai",
+        )
+    }
     return {
-        "/v1/embeddings": {
-            "post": operation(
-                "OpenAI-compatible embeddings",
-                limits=limits,
-                body=EMBEDDINGS,
-                ok=json_content(_EMBEDDINGS_RESPONSE),
-                errors=[404],
-                tag="openai",
-            )
-        }
+        "/v1/embeddings": path_item,
+        "/v1/models/{model}/versions/{version}/embeddings": pinned(path_item),
     }
 
 
@@ -89,7 +103,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     data = await wire.read_json(request)
     parsed = EmbeddingsRequest.parse(data, limits=Limits.of(service.settings))
-    served = wire.model_for(request, parsed.model, "embed")
+    served = wire.model_for(request, request.match_info.get("model", parsed.model), "embed")
     card = served.engine.card
     if parsed.dimensions is not None and parsed.dimensions != card.embedding_dim:
         raise InvalidInputError(
@@ -117,6 +131,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
             "object": "list",
             "data": data_out,
             "model": served.name,
+            "model_version": served.version,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
     )
@@ -135,5 +150,6 @@ _EMBEDDINGS_RESPONSE: JsonSchema = record(
         )
     ),
     model=STRING,
+    model_version=STRING,
     usage=record(prompt_tokens=INTEGER, total_tokens=INTEGER),
 )

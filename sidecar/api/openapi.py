@@ -134,6 +134,38 @@ def model_parameter(description: str = "the served name, or 'default'") -> JsonS
     }
 
 
+def version_parameter() -> JsonSchema:
+    """The `{version}` path parameter of a pinned route."""
+    return {
+        "name": "version",
+        "in": "path",
+        "required": True,
+        "description": "a version, 'stable' or 'canary' (unknown: 404; not ready: 503)",
+        "schema": {"type": "string"},
+    }
+
+
+def pinned(path_item: dict[str, Any]) -> dict[str, Any]:
+    """A path item of a route pinned to a version (`/v1/models/{model}/versions/{version}/...`):
+    the model and version parameters, and 404 and 503 besides the route's own statuses."""
+    item: dict[str, Any] = {}
+    for method, op in path_item.items():
+        params = [p for p in op["parameters"] if p.get("name") != "model"]
+        responses = dict(op["responses"])
+        error = next(reply for code, reply in responses.items() if code >= "400")
+        for status in (404, 503):
+            responses.setdefault(
+                str(status),
+                {**error, "description": STATUSES[status], "headers": _headers(status)},
+            )
+        item[method] = {
+            **op,
+            "parameters": [model_parameter(), version_parameter(), *params],
+            "responses": dict(sorted(responses.items())),
+        }
+    return item
+
+
 def json_content(schema: JsonSchema) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 

@@ -18,7 +18,16 @@ from aiohttp import web
 
 from sidecar.api import wire
 from sidecar.api.keys import SERVICE
-from sidecar.api.openapi import INTEGER, NUMBER, STRING, array, json_content, operation, record
+from sidecar.api.openapi import (
+    INTEGER,
+    NUMBER,
+    STRING,
+    array,
+    json_content,
+    operation,
+    pinned,
+    record,
+)
 from sidecar.api.schema import (
     Boolean,
     Field,
@@ -71,21 +80,26 @@ class RerankRequest:
 
 
 def routes() -> list[web.RouteDef]:
-    return [web.post("/v1/rerank", rerank)]
+    return [
+        web.post("/v1/rerank", rerank),
+        web.post("/v1/models/{model}/versions/{version}/rerank", rerank),
+    ]
 
 
 def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
+    path_item = {
+        "post": operation(
+            "Score documents against a query, best first",
+            limits=limits,
+            body=RERANK,
+            ok=json_content(_RERANK_RESPONSE),
+            errors=[404],
+            tag="rerank",
+        )
+    }
     return {
-        "/v1/rerank": {
-            "post": operation(
-                "Score documents against a query, best first",
-                limits=limits,
-                body=RERANK,
-                ok=json_content(_RERANK_RESPONSE),
-                errors=[404],
-                tag="rerank",
-            )
-        }
+        "/v1/rerank": path_item,
+        "/v1/models/{model}/versions/{version}/rerank": pinned(path_item),
     }
 
 
@@ -95,7 +109,7 @@ async def rerank(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     data = await wire.read_json(request)
     parsed = RerankRequest.parse(data, limits=Limits.of(service.settings))
-    served = wire.model_for(request, parsed.model, "rerank")
+    served = wire.model_for(request, request.match_info.get("model", parsed.model), "rerank")
     inference = await served.engine.infer(
         PairInputs(
             parsed.query, parsed.documents, truncate=parsed.truncate, raw_scores=parsed.raw_scores
@@ -115,6 +129,7 @@ async def rerank(request: web.Request) -> web.StreamResponse:
         {
             "id": "rerank_" + uuid.uuid4().hex[:24],
             "model": served.name,
+            "model_version": served.version,
             "results": results,
             "usage": {"total_tokens": inference.num_tokens},
         }
@@ -133,5 +148,9 @@ _RESULT: JsonSchema = {
     "description": "document only when return_documents is true",
 }
 _RERANK_RESPONSE: JsonSchema = record(
-    id=STRING, model=STRING, results=array(_RESULT), usage=record(total_tokens=INTEGER)
+    id=STRING,
+    model=STRING,
+    model_version=STRING,
+    results=array(_RESULT),
+    usage=record(total_tokens=INTEGER),
 )

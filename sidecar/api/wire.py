@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from sidecar.api.keys import ARRIVED_AT, BODY_BUDGET, BODY_BYTES, SERVICE
+from sidecar.api.keys import ARRIVED_AT, BODY_BUDGET, BODY_BYTES, LEASE, MODEL_VERSION, SERVICE
 from sidecar.errors import (
     BusyError,
     InvalidInputError,
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from sidecar.serving import ServedModel
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+VERSION_HEADER = "X-Model-Version"
+ROUTING_KEY_HEADER = "X-Routing-Key"
 
 
 def inference(handler: Handler) -> Handler:
@@ -43,27 +45,57 @@ def inference(handler: Handler) -> Handler:
                 return await handler(request)
         finally:
             request.app[BODY_BUDGET].release(request)
+            lease = request.pop(LEASE, None)
+            if lease is not None:
+                lease.release()  # the version may drain now
 
     guarded.__doc__ = handler.__doc__
     return guarded
 
 
 def model_for(request: web.Request, name: str | None, *tasks: str) -> ServedModel:
-    """The served model a request names, if it serves one of `tasks` (the route's).
+    """The served model a request names, if it serves one of `tasks` (the route's): the
+    version it is routed to (`route`).
 
     Raises:
         ModelNotFoundError, NotReadyError: from the service.
+        VersionNotFoundError, VersionNotReadyError: a pinned version unknown or not ready.
         UnsupportedTaskError: the model serves another task.
     """
-    served = request.app[SERVICE].model(name)
+    served = route(request, name)
     task = served.engine.card.task
     if task not in tasks:
         resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else request.path
+        path = resource.canonical if resource is not None else request.path
         raise UnsupportedTaskError(
-            f"model '{served.name}' serves '{task}', which {route} does not take"
+            f"model '{served.name}' serves '{task}', which {path} does not take"
         )
     return served
+
+
+def route(request: web.Request, name: str | None) -> ServedModel:
+    """Route an inference request to a version of model `name` and hold it until the request
+    ends (`inference` releases it): pinned by the path's `{version}` or `X-Model-Version`
+    (a version, `stable` or `canary`), else stable or canary by share, sticky per
+    `X-Routing-Key`."""
+    pin = request.match_info.get("version") or request.headers.get(VERSION_HEADER) or None
+    lease = request.app[SERVICE].route(name, pin, request.headers.get(ROUTING_KEY_HEADER))
+    request[LEASE] = lease
+    served = lease.version.served
+    assert served is not None  # a leased version is ready until its last lease is returned
+    request[MODEL_VERSION] = served.version
+    return served
+
+
+async def version_header(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: `X-Model-Version` on every response, the version that answered
+    (or the stable one, for what no version answered)."""
+    version = request.get(MODEL_VERSION)
+    if version is None:
+        served = request.app[SERVICE].served
+        version = served.version if served is not None else None
+    if version is not None:
+        response.headers[VERSION_HEADER] = version
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:

@@ -176,11 +176,13 @@ class Engine:
 @dataclass(frozen=True)
 class Executors:
     """The threads engines run on: one owns the device, one collates the next batch while a
-    forward pass runs, one prepares inputs too large for the event loop."""
+    forward pass runs, one prepares inputs too large for the event loop, one loads versions."""
 
     device: Executor
     collate: Executor
     prepare: Executor
+    # Reads and builds another model version while the device serves (sidecar.serving.registry).
+    load: Executor
 
     @classmethod
     def create(cls) -> Executors:
@@ -188,10 +190,11 @@ class Executors:
             ThreadPoolExecutor(1, thread_name_prefix="device"),
             ThreadPoolExecutor(1, thread_name_prefix="collate"),
             ThreadPoolExecutor(1, thread_name_prefix="prepare"),
+            ThreadPoolExecutor(1, thread_name_prefix="load"),
         )
 
     def shutdown(self) -> None:
-        for executor in (self.device, self.collate, self.prepare):
+        for executor in (self.device, self.collate, self.prepare, self.load):
             executor.shutdown(wait=False, cancel_futures=True)
 
 

