@@ -1,0 +1,51 @@
+"""Acceptance: after a version is unloaded, the process's memory returns to where it was before
+it loaded (within 10%); on a GPU the device memory too (tests/sidecar/test_gpu.py's marker)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.sidecar.conftest import DEMO_DIR, StartServer
+from tests.sidecar.versioned import admin_session
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+async def test_unloading_a_version_gives_its_memory_back(
+    start_server: StartServer, tmp_path: Path, socket_dir: str
+) -> None:
+    root = tmp_path / "m"
+    for name in ("a", "b"):  # the demo model (90 MB of weights) as two versions
+        shutil.copytree(DEMO_DIR, root / f".tmp-{name}")
+        (root / f".tmp-{name}").rename(root / name)
+    (root / "versions.json").write_text(json.dumps({"stable": "a"}))
+    admin_path = f"{socket_dir}/admin.sock"
+    s = await start_server(root, SIDECAR_MODEL_POLL_S="0", SIDECAR_ADMIN_UDS=admin_path)
+    body = {"inputs": [f"sentence {i} about memory" for i in range(16)]}
+
+    async def serve(pin: str) -> None:
+        for _ in range(5):
+            async with s.tcp.post("/v1/predict", json=body, headers={"X-Model-Version": pin}) as r:
+                assert r.status == 200
+                assert r.headers["X-Model-Version"] == pin
+
+    await serve("a")
+    before = rss_bytes()
+    async with admin_session(admin_path) as admin:
+        async with admin.post("/admin/v1/models/m/versions/b/load") as r:
+            assert (await r.json())["version"]["state"] == "ready"
+        await serve("b")
+        loaded = rss_bytes()
+        async with admin.post("/admin/v1/models/m/versions/b/unload") as r:
+            assert (await r.json())["version"]["state"] == "unloaded"
+    await serve("a")
+    after = rss_bytes()
+    assert loaded - before > 50 << 20, (before, loaded)  # b really was resident
+    assert abs(after - before) <= 0.1 * before, (before, loaded, after)
