@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from batching import BatchObserver, BatchStats
 
 if TYPE_CHECKING:
-    from sidecar.serving import ServedModel, Service
+    from sidecar.serving import Agreement, ServedModel, Service
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ _LATENCY_BUCKETS = (
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 _RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_AGREEMENT_BUCKETS = (-0.5, 0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+_SWAP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+SHADOW_OUTCOMES = ("compared", "dropped", "failed", "incomparable")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -91,6 +94,25 @@ class Metrics(BatchObserver):
             "sidecar_model_load_bytes", "Weight bytes read at start.", registry=r
         )
         self.ready = Gauge("sidecar_ready", "1 when the model serves requests.", registry=r)
+        # Model versions (DESIGN section 12); per-version series come from VersionsCollector.
+        self.swap_seconds = Histogram(
+            "sidecar_model_swap_seconds", "From a desired stable version to its flip.",
+            buckets=_SWAP_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.shadow = Counter(
+            "sidecar_shadow", "Shadow copies, by outcome.", ["outcome"], registry=r
+        )
+        for outcome in SHADOW_OUTCOMES:
+            self.shadow.labels(outcome)
+        self.shadow_agreement = Histogram(
+            "sidecar_shadow_agreement",
+            "Shadow vs primary: cosine, label agreement or rank correlation (1: the same).",
+            ["measure"], buckets=_AGREEMENT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.shadow_max_abs_diff = Histogram(
+            "sidecar_shadow_max_abs_diff", "Classifications: the largest |dp| of any label.",
+            buckets=_RATIO_BUCKETS, registry=r,
+        )  # fmt: skip
 
     def watch(self, service: Service) -> None:
         """Read readiness, queue depth, weight bytes loaded so far and the response cache's
@@ -101,6 +123,20 @@ class Metrics(BatchObserver):
             lambda: float(service.served.engine.batcher.queue_depth) if service.served else 0.0
         )
         self.model_load_bytes.set_function(lambda: float(service.loaded_bytes))
+        self.registry.register(VersionsCollector(service))
+        service.on_swap = self.on_swap
+        service.shadow.observer = self
+
+    def on_swap(self, seconds: float) -> None:
+        self.swap_seconds.observe(seconds)
+
+    def on_shadow(self, outcome: str, agreement: Agreement | None) -> None:
+        """One shadow copy: its outcome, and how far it agreed with the primary."""
+        self.shadow.labels(outcome).inc()
+        if agreement is not None:
+            self.shadow_agreement.labels(agreement.measure).observe(agreement.value)
+            if agreement.max_abs_diff is not None:
+                self.shadow_max_abs_diff.observe(agreement.max_abs_diff)
 
     def on_loaded(self, served: ServedModel) -> None:
         """Label the served model, record its load time, add the GPU gauges on a GPU."""
@@ -162,6 +198,34 @@ class CacheCollector(Collector):
             "Output and key bytes the response cache holds (Python overhead not counted).",
             size,
         )
+
+
+class VersionsCollector(Collector):
+    """The versions' states and requests by role, read at scrape time. Series exist for
+    resident and failed versions only, so label values stay bounded by what is loaded."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        registry = self._service.registry
+        info = GaugeMetricFamily(
+            "sidecar_model_version_info", "A model version and its state.",
+            labels=["model", "version", "state"],
+        )  # fmt: skip
+        requests = CounterMetricFamily(
+            "sidecar_version_requests", "Requests routed to a version, by role.",
+            labels=["version", "role"],
+        )  # fmt: skip
+        stable = self._service.served
+        name = stable.name if stable is not None else ""
+        for version in list(registry.versions.values()) if registry is not None else []:
+            if version.resident or version.state.value == "failed":
+                info.add_metric([name, version.name, version.state.value], 1.0)
+                for role, count in list(version.requests.items()):
+                    requests.add_metric([version.name, role], count)
+        yield info
+        yield requests
 
 
 # GPU gauges read through NVML at scrape time. The device is looked up by its CUDA UUID, so the

@@ -148,9 +148,10 @@ async def predict(request: web.Request) -> web.StreamResponse:
     served = wire.model_for(request, request.match_info.get("model"), "embed", "classify")
     data = await wire.read_json(request)
     parsed = PredictRequest.parse(data, limits=Limits.of(service.settings))
-    inference = await served.engine.infer(
+    inference = await wire.infer(
+        request,
+        served,
         TextInputs(parsed.texts, truncate=parsed.truncate, normalize=parsed.normalize),
-        deadline=wire.deadline(request),
     )
     tokens = inference.num_tokens
     return wire.json_response(

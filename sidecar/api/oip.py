@@ -219,7 +219,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
     else:
         parsed = parse(header, binary, signature)
     inputs = _model_inputs(served.engine.card, parsed)
-    inference = await served.engine.infer(inputs, deadline=wire.deadline(request))
+    inference = await wire.infer(request, served, inputs)
     results = _output_arrays(served.engine.card, inference.result)
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []

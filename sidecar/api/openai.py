@@ -109,8 +109,8 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         raise InvalidInputError(
             f"'dimensions' must be {card.embedding_dim} for model '{served.name}'"
         )
-    inference = await served.engine.infer(
-        TextInputs(parsed.texts, truncate=parsed.truncate), deadline=wire.deadline(request)
+    inference = await wire.infer(
+        request, served, TextInputs(parsed.texts, truncate=parsed.truncate)
     )
     assert isinstance(inference.result, Embeddings)
     data_out: list[dict[str, Any]] = [

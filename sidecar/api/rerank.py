@@ -110,11 +110,12 @@ async def rerank(request: web.Request) -> web.StreamResponse:
     data = await wire.read_json(request)
     parsed = RerankRequest.parse(data, limits=Limits.of(service.settings))
     served = wire.model_for(request, request.match_info.get("model", parsed.model), "rerank")
-    inference = await served.engine.infer(
+    inference = await wire.infer(
+        request,
+        served,
         PairInputs(
             parsed.query, parsed.documents, truncate=parsed.truncate, raw_scores=parsed.raw_scores
         ),
-        deadline=wire.deadline(request),
     )
     assert isinstance(inference.result, Scores)
     scores = inference.result.values

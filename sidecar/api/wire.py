@@ -26,7 +26,8 @@ from sidecar.errors import (
 )
 
 if TYPE_CHECKING:
-    from sidecar.serving import ServedModel
+    from sidecar.models import Inputs
+    from sidecar.serving import Inference, ServedModel
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 VERSION_HEADER = "X-Model-Version"
@@ -85,6 +86,16 @@ def route(request: web.Request, name: str | None) -> ServedModel:
     assert served is not None  # a leased version is ready until its last lease is returned
     request[MODEL_VERSION] = served.version
     return served
+
+
+async def infer(request: web.Request, served: ServedModel, inputs: Inputs) -> Inference:
+    """Run `inputs` on the version the request was routed to, by the request's deadline; a
+    stable request may be copied to the shadow version afterwards (never delaying this one)."""
+    inference = await served.engine.infer(inputs, deadline=deadline(request))
+    lease = request.get(LEASE)
+    if lease is not None:
+        request.app[SERVICE].shadow_copy(lease, inputs, inference.result)
+    return inference
 
 
 async def version_header(request: web.Request, response: web.StreamResponse) -> None:

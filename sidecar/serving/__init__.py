@@ -16,13 +16,16 @@ from sidecar.serving.engine import Engine, Inference
 from sidecar.serving.loading import DEMO_NAME, LoadReport
 from sidecar.serving.registry import Registry
 from sidecar.serving.service import DEFAULT_ALIAS, Phase, ServedModel, Service
+from sidecar.serving.shadow import OUTCOMES, Agreement
 from sidecar.serving.traffic import ROLES, Traffic
 from sidecar.serving.versions import Lease, Version, VersionState
 
 __all__ = [
     "DEFAULT_ALIAS",
     "DEMO_NAME",
+    "OUTCOMES",
     "ROLES",
+    "Agreement",
     "Engine",
     "Inference",
     "Lease",

@@ -115,7 +115,7 @@ class Registry:
             raise VersionNotReadyError(
                 f"version '{name}' is {version.state.value}, not ready", retry_after_s=5
             )
-        version.acquire()
+        version.acquire(role)
         return Lease(version, role)
 
     def stable(self) -> Version | None:

@@ -23,13 +23,15 @@ import loaders
 from batching import BatchObserver, DeviceFailedError
 from sidecar.config import Settings, served_name_from
 from sidecar.errors import DrainingError, ModelNotFoundError, NotReadyError, StartupError
+from sidecar.models import Inputs, Result
 from sidecar.serving import loading
 from sidecar.serving.cache import ResponseCache
 from sidecar.serving.engine import Engine, Executors, batch_config
 from sidecar.serving.loading import Loaded, LoadReport
 from sidecar.serving.policy import swap_policy
 from sidecar.serving.registry import Registry
-from sidecar.serving.traffic import Traffic
+from sidecar.serving.shadow import Shadow
+from sidecar.serving.traffic import STABLE, Traffic
 from sidecar.serving.versions import Lease, Version, VersionState
 from sidecar.serving.watcher import RootWatcher
 
@@ -74,6 +76,7 @@ class Service:
         self.started = False  # start-up finished; stays true while draining
         self.registry: Registry | None = None
         self.watcher: RootWatcher | None = None  # a model root's, once serving
+        self.shadow = Shadow(self._device_busy)
         self.on_swap = _ignore  # the metrics' hook: seconds from a desired change to its flip
         self._tasks: list[asyncio.Task[None]] = []
         self._name: str | None = None  # the served name, once known
@@ -312,6 +315,29 @@ class Service:
         assert self.registry is not None
         return self.registry.route(pin, routing_key)
 
+    def shadow_copy(self, lease: Lease, inputs: Inputs, result: Result) -> None:
+        """After a stable request's answer: run it on the shadow version too, if it falls in
+        the shadow share (in the background; dropped when the device is busy)."""
+        registry = self.registry
+        if lease.role != STABLE or registry is None:
+            return
+        name = registry.traffic.shadows()
+        if name is not None and name != lease.version.name:
+            self.shadow.offer(registry.versions[name], inputs, result)
+
+    def _device_busy(self) -> bool:
+        """Some engine has items queued or a pass running on the device."""
+        registry = self.registry
+        if registry is None:
+            return False
+        for version in registry.versions.values():
+            served = version.served
+            if served is not None:
+                batcher = served.engine.batcher
+                if batcher.queue_depth or batcher.running_for_s() is not None:
+                    return True
+        return False
+
     def version(self, name: str | None, version: str) -> ServedModel:
         """A ready version of model `name` (`stable`, `canary` or its name), for its card.
 
@@ -360,6 +386,7 @@ class Service:
                 "drain timeout (%ss) with %d requests in flight", timeout_s, self._inflight
             )
             drained = False
+        await self.shadow.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -45,7 +45,7 @@ class Version:
         self.since = time.time()
         self.load_s: float | None = None
         self.failed_fingerprint: object = None  # the files as they were when it failed
-        self.num_requests = 0
+        self.requests: dict[str, int] = {}  # by role: stable, canary, pinned, shadow
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -63,9 +63,10 @@ class Version:
     def inflight(self) -> int:
         return self._inflight
 
-    def acquire(self) -> None:
+    def acquire(self, role: str) -> None:
+        """Hold the version for one request in `role` (it is not freed while any is held)."""
         self._inflight += 1
-        self.num_requests += 1
+        self.requests[role] = self.requests.get(role, 0) + 1
         self._idle.clear()
 
     def release(self) -> None:
@@ -93,7 +94,7 @@ class Version:
             "weight_bytes": self.weight_bytes,
             "load_s": None if self.load_s is None else round(self.load_s, 4),
             "inflight": self._inflight,
-            "requests": self.num_requests,
+            "requests": dict(self.requests),
             "device": served.engine.card.device if served else None,
         }
 
