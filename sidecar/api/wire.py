@@ -41,14 +41,18 @@ def inference(handler: Handler) -> Handler:
     """
 
     async def guarded(request: web.Request) -> web.StreamResponse:
+        error: BaseException | None = None
         try:
             with request.app[SERVICE].admit():
                 return await handler(request)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             request.app[BODY_BUDGET].release(request)
             lease = request.pop(LEASE, None)
             if lease is not None:
-                lease.release()  # the version may drain now
+                lease.release(error)  # the version may drain now
 
     guarded.__doc__ = handler.__doc__
     return guarded

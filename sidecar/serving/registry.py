@@ -28,6 +28,7 @@ from sidecar.errors import (
     VersionNotFoundError,
     VersionNotReadyError,
 )
+from sidecar.serving.canary import CanaryGuard
 from sidecar.serving.policy import SwapPolicy
 from sidecar.serving.traffic import CANARY, PINNED, STABLE, Traffic
 from sidecar.serving.versions import Lease, Version, VersionState
@@ -49,6 +50,8 @@ class Registry:
         free_version: stops a version's engine and hands its memory back.
         room: the bytes free for another version (None: unbounded).
         drain_timeout_s: how long a retired version's requests may take to finish.
+        on_swap: told the seconds from a desired stable version to its flip (the metrics).
+        guard: rolls the canary back when its failures pass a limit (None: never).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class Registry:
         room: Callable[[int], int | None],
         drain_timeout_s: float,
         on_swap: Callable[[float], None] = lambda seconds: None,
+        guard: CanaryGuard | None = None,
     ) -> None:
         self.root = root
         self.policy = policy
@@ -76,6 +80,7 @@ class Registry:
         self._room = room
         self._drain_timeout_s = drain_timeout_s
         self._on_swap = on_swap
+        self.guard = guard
         self._wake = asyncio.Event()
         self._requested = 0
         self._completed = 0
@@ -116,7 +121,24 @@ class Registry:
                 f"version '{name}' is {version.state.value}, not ready", retry_after_s=5
             )
         version.acquire(role)
-        return Lease(version, role)
+        return Lease(version, role, self._ended if role == CANARY and self.guard else None)
+
+    def _ended(self, lease: Lease, error: BaseException | None) -> None:
+        """A canary request ended: roll the canary back when its failures pass the limit."""
+        assert self.guard is not None
+        name = lease.version.name
+        ratio = self.guard.record(name, error)
+        canary = self.desired.canary
+        if ratio is None or canary is None or canary.version != name:
+            return
+        reason = (
+            f"canary rolled back: {ratio:.0%} of its last {self.guard.window} requests failed "
+            f"(SIDECAR_CANARY_MAX_ERROR_RATIO={self.guard.max_ratio:g})"
+        )
+        logger.warning("version %s: %s", name, reason)
+        lease.version.reason = reason
+        self.adopt(list(self.versions), dataclasses.replace(self.desired, canary=None))
+        self.wake()
 
     def stable(self) -> Version | None:
         name = self.traffic.stable
@@ -373,14 +395,14 @@ class Registry:
             )
             if traffic.stable == version.name:
                 self.history = [n for n in self.history if n != version.name] + [version.name]
-        version.move(VersionState.DRAINING)
+        version.move(VersionState.DRAINING, version.reason)  # a rollback's reason stays
         logger.info("draining version %s: %d requests in flight", version.name, version.inflight)
         if not await version.idle(self._drain_timeout_s):
             logger.warning("version %s: drain timeout with %d requests in flight",
                            version.name, version.inflight)  # fmt: skip
         await self._free_version(version)
         version.served = None
-        version.move(VersionState.UNLOADED)
+        version.move(VersionState.UNLOADED, version.reason)
         logger.info("version %s unloaded", version.name)
 
     async def stop(self) -> None:

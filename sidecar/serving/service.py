@@ -26,6 +26,7 @@ from sidecar.errors import DrainingError, ModelNotFoundError, NotReadyError, Sta
 from sidecar.models import Inputs, Result
 from sidecar.serving import loading
 from sidecar.serving.cache import ResponseCache
+from sidecar.serving.canary import CanaryGuard
 from sidecar.serving.engine import Engine, Executors, batch_config
 from sidecar.serving.loading import Loaded, LoadReport
 from sidecar.serving.policy import swap_policy
@@ -126,14 +127,17 @@ class Service:
         return root, names, text, desired or loaders.DesiredState()
 
     def _new_registry(self, root: Path | None) -> Registry:
+        versions = self.settings.versions
+        ratio = versions.canary_max_error_ratio
         registry = Registry(
             root,
-            swap_policy(self.settings.versions.swap_policy),
+            swap_policy(versions.swap_policy),
             start_version=self._start_version,
             free_version=self._free_version,
             room=self._room,
             drain_timeout_s=self.settings.drain_timeout_s,
             on_swap=lambda seconds: self.on_swap(seconds),
+            guard=None if ratio is None else CanaryGuard(ratio, versions.canary_window),
         )
         self.registry = registry
         return registry

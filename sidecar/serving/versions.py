@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +106,13 @@ class Lease:
 
     version: Version
     role: str  # stable, canary, pinned
+    # Told how the request ended (the canary guard), before the version is released.
+    on_end: Callable[[Lease, BaseException | None], None] | None = None
 
-    def release(self) -> None:
-        self.version.release()
+    def release(self, error: BaseException | None = None) -> None:
+        """The request ended (with `error`, if it failed): the version may drain now."""
+        try:
+            if self.on_end is not None:
+                self.on_end(self, error)
+        finally:
+            self.version.release()

@@ -149,3 +149,37 @@ def test_a_key_hashes_to_the_same_bucket_in_every_process() -> None:
     traffic = Traffic(stable="7", canary="8", canary_percent=100.0)
     assert traffic.choose("anyone") == ("8", "canary")
     assert Traffic(stable="7", canary="8", canary_percent=0.0).choose("anyone") == ("7", "stable")
+
+
+async def test_a_failing_canary_is_rolled_back_automatically(
+    start_server: StartServer, snapshots, tmp_path: Path
+) -> None:
+    desired = {"stable": "7", "canary": {"version": "8", "percent": 50}}
+    root = make_root(tmp_path, snapshots, desired)
+    s = await start_server(
+        root, SIDECAR_MODEL_POLL_S="0", SIDECAR_CANARY_MAX_ERROR_RATIO="0.5",
+        SIDECAR_CANARY_WINDOW="10", SIDECAR_BATCH_WINDOW_MS="20",
+    )  # fmt: skip
+    await serving(s, "8")
+    canary = {"X-Model-Version": "canary"}
+    # A client's mistakes say nothing of the version: not counted.
+    for _ in range(12):
+        async with s.tcp.post("/v1/predict", json={"inputs": []}, headers=canary) as r:
+            assert r.status == 400
+    assert s.service.registry.traffic.canary == "8"
+    # Server-side failures are (504: the deadline passes while long inputs are tokenized).
+    failing = {**canary, "X-Request-Timeout-Ms": "1"}
+    long = {"inputs": ["many words " * 5000] * 8, "parameters": {"truncate": True}}
+    for _ in range(10):
+        async with s.tcp.post("/v1/predict", json=long, headers=failing) as r:
+            assert r.status == 504
+    await s.service.registry.reconcile_now()
+    assert s.service.registry.traffic.canary is None
+    async with s.tcp.post("/v1/predict", json={"inputs": ["x"]}, headers=canary) as r:
+        assert r.status == 404
+    async with s.tcp.post(
+        "/v1/predict", json={"inputs": ["x"]}, headers={"X-Routing-Key": "k"}
+    ) as r:
+        assert r.headers["X-Model-Version"] == "7"
+    reason = s.service.registry.versions["8"].reason
+    assert reason.startswith("canary rolled back: 100% of its last 10 requests failed")

@@ -3,6 +3,7 @@ real snapshot files copied into a model root as a user would)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from loaders import DesiredState
 from tests.sidecar.conftest import StartServer
 from tests.sidecar.versioned import (
     TEXTS,
@@ -122,8 +124,8 @@ async def test_a_version_copied_in_becomes_stable(
     np.testing.assert_allclose(vectors((await predict(s))[2]), outputs["8"], atol=1e-5)
 
 
-def _truncated(snapshot: Path, root: Path) -> None:
-    target = copy_version(snapshot, root, "8")
+def _truncated(snapshot: Path, root: Path, name: str = "8") -> None:
+    target = copy_version(snapshot, root, name)
     weights = target / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])  # the copy stopped half-way
@@ -213,3 +215,45 @@ async def test_a_failed_version_is_retried_when_its_files_are_replaced(
         return (await predict(s))[1] == "8"
 
     await until(swapped)
+
+
+async def test_the_resource_policy_unloads_first_and_answers_503_in_between(
+    start_server: StartServer, snapshots, outputs, tmp_path: Path
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    for name in ("7", "8"):
+        copy_version(snapshots[name], root, name)
+    (root / "versions.json").write_text(json.dumps({"stable": "7"}))
+    s = await start_server(
+        root, SIDECAR_MODEL_POLL_S="0", SIDECAR_SWAP_POLICY="resource",
+        SIDECAR_VERSIONS_MAX_BYTES="6000000",  # room for one version
+    )  # fmt: skip
+    registry = s.service.registry
+    answers: list[tuple[int, str | None, str | None]] = []
+    stop = False
+
+    async def load() -> None:
+        while not stop:
+            async with s.uds.post("/v1/predict", json={"inputs": TEXTS}) as r:
+                answers.append((r.status, r.headers.get("X-Model-Version"),
+                                r.headers.get("Retry-After")))  # fmt: skip
+
+    running = asyncio.create_task(load())
+    await registry.apply(DesiredState(stable="8"))
+    stop = True
+    await running
+    assert (await predict(s))[1] == "8"
+    assert registry.versions["7"].state.value == "unloaded"
+    assert {(status, retry) for status, _, retry in answers if status != 200} <= {(503, "5")}
+    assert {version for status, version, _ in answers if status == 200} <= {"7", "8"}
+
+    # A new version that fails after the old one was unloaded: the old one is loaded again.
+    shutil.rmtree(root / "7")
+    _truncated(snapshots["7"], root, "7")  # 7 is now half-copied
+    await s.service.reload()
+    await registry.apply(DesiredState(stable="7"))
+    assert registry.versions["7"].state.value == "failed"
+    status, header, body = await predict(s)
+    assert (status, header) == (200, "8")
+    np.testing.assert_allclose(vectors(body), outputs["8"], atol=1e-5)
