@@ -185,13 +185,17 @@ def version_order(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(part)) if part.isdigit() else (1, part) for part in parts)
 
 
-def read_desired(root: Path) -> tuple[bytes | None, DesiredState | None]:
-    """The root's versions.json as (raw bytes, parsed); (None, None) when there is none.
+def read_desired(root: Path, path: Path | None = None) -> tuple[bytes | None, DesiredState | None]:
+    """The desired state as (raw bytes, parsed); (None, None) when there is none.
+
+    Args:
+        root: the model root; its versions.json is read unless `path` names another file (a
+            ConfigMap mounted beside the root).
 
     Raises:
         VersionsFileError: the file cannot be read or is not a valid desired state.
     """
-    path = root / DESIRED_FILE
+    path = path or root / DESIRED_FILE
     try:
         text = path.read_bytes()
     except FileNotFoundError:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.environ import EnvReader, choice, float_in, int_in, socket_path
+from sidecar.environ import EnvReader, choice, float_in, int_in, nonempty, socket_path
 
 SWAP_POLICIES = ("availability", "resource")
 
@@ -23,6 +23,8 @@ class VersionsSettings:
     canary_max_error_ratio: roll the canary back when its share of 5xx answers over the last
         `canary_window` requests passes this (None: never).
     admin_uds: the admin API's Unix socket (None: no admin API).
+    versions_file: the desired state's file when not <root>/versions.json (a ConfigMap mounted
+        beside a read-only model root). *addition*
     """
 
     poll_s: float = 10.0
@@ -31,6 +33,7 @@ class VersionsSettings:
     canary_max_error_ratio: float | None = None
     canary_window: int = 200
     admin_uds: str | None = None
+    versions_file: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> VersionsSettings:
@@ -49,6 +52,7 @@ class VersionsSettings:
             ),
             canary_window=env.get("SIDECAR_CANARY_WINDOW", int_in(10, 1_000_000), 200),
             admin_uds=env.get("SIDECAR_ADMIN_UDS", socket_path, None),
+            versions_file=env.get("SIDECAR_VERSIONS_FILE", nonempty, None),
         )
 
     def public(self) -> dict[str, Any]:
@@ -59,4 +63,5 @@ class VersionsSettings:
             "canary_max_error_ratio": self.canary_max_error_ratio,
             "canary_window": self.canary_window,
             "admin_uds": self.admin_uds,
+            "versions_file": self.versions_file,
         }

@@ -118,13 +118,17 @@ class Service:
             return None
         names = loaders.scan_versions(root)
         try:
-            text, desired = loaders.read_desired(root)
+            text, desired = loaders.read_desired(root, self._desired_file())
         except loaders.VersionsFileError as exc:
             raise StartupError(f"{loaders.DESIRED_FILE}: {exc}") from None
         if not names:
             raise StartupError("the model root holds no version directory yet")
         logger.info("model root with versions %s", names)
         return root, names, text, desired or loaders.DesiredState()
+
+    def _desired_file(self) -> Path | None:
+        file = self.settings.versions.versions_file
+        return Path(file) if file else None
 
     def _new_registry(self, root: Path | None) -> Registry:
         versions = self.settings.versions
@@ -168,7 +172,7 @@ class Service:
         )  # fmt: skip
         if registry.root is not None and not self._tasks:
             self._tasks.append(asyncio.create_task(registry.run(), name="reconcile-versions"))
-            self.watcher = RootWatcher(registry, registry.root)
+            self.watcher = RootWatcher(registry, registry.root, self._desired_file())
             poll_s = self.settings.versions.poll_s
             if poll_s > 0:
                 watching = self.watcher.watch(poll_s)

@@ -22,9 +22,10 @@ logger = logging.getLogger(__name__)
 class RootWatcher:
     """Re-reads a registry's model root, on a thread of its own."""
 
-    def __init__(self, registry: Registry, root: Path) -> None:
+    def __init__(self, registry: Registry, root: Path, desired_file: Path | None = None) -> None:
         self.registry = registry
         self.root = root
+        self.desired_file = desired_file  # None: <root>/versions.json
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="versions")
         self._names = sorted(registry.versions, key=loaders.version_order)
 
@@ -37,10 +38,10 @@ class RootWatcher:
         """
         registry, root = self.registry, self.root
         loop = asyncio.get_running_loop()
+        failed = [v.name for v in registry.versions.values() if v.state is VersionState.FAILED]
         names, (text, desired), prints = await loop.run_in_executor(
-            self._executor, _scan, root, [v.name for v in registry.versions.values()
-                                               if v.state is VersionState.FAILED],
-        )  # fmt: skip
+            self._executor, _scan, root, self.desired_file, failed
+        )
         before = (list(registry.versions), registry.desired)
         for name, version in list(registry.versions.items()):
             if name not in names and version.state in (VersionState.UNLOADED, VersionState.FAILED):
@@ -77,11 +78,11 @@ class RootWatcher:
 
 
 def _scan(
-    root: Path, failed: list[str]
+    root: Path, desired_file: Path | None, failed: list[str]
 ) -> tuple[list[str], tuple[bytes | None, DesiredState | None], dict[str, object]]:
     """The root's versions, its desired state, and the failed versions' files (blocking)."""
     names = loaders.scan_versions(root)
-    desired = loaders.read_desired(root)
+    desired = loaders.read_desired(root, desired_file)
     prints: dict[str, object] = {n: loaders.fingerprint(root / n) for n in failed if n in names}
     return names, desired, prints
 

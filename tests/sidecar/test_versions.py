@@ -257,3 +257,35 @@ async def test_the_resource_policy_unloads_first_and_answers_503_in_between(
     status, header, body = await predict(s)
     assert (status, header) == (200, "8")
     np.testing.assert_allclose(vectors(body), outputs["8"], atol=1e-5)
+
+
+def _configmap_update(directory: Path, document: dict, stamp: str) -> None:
+    """Write versions.json the way the kubelet updates a mounted ConfigMap: a new timestamped
+    directory, then `..data` swapped to it by an atomic rename; versions.json links through it."""
+    (directory / stamp).mkdir(parents=True)
+    (directory / stamp / "versions.json").write_text(json.dumps(document))
+    (directory / "..data_tmp").symlink_to(stamp)
+    (directory / "..data_tmp").rename(directory / "..data")
+    if not (directory / "versions.json").is_symlink():
+        (directory / "versions.json").symlink_to("..data/versions.json")
+
+
+async def test_the_desired_state_may_come_from_a_configmap_beside_the_root(
+    start_server: StartServer, snapshots, tmp_path: Path
+) -> None:
+    root = tmp_path / "pvc" / "m"
+    root.mkdir(parents=True)
+    for name in ("7", "8"):
+        copy_version(snapshots[name], root, name)
+    configmap = tmp_path / "configmap"
+    _configmap_update(configmap, {"stable": "7"}, "..2026_01")
+    s = await start_server(
+        root, SIDECAR_MODEL_POLL_S="0.05", SIDECAR_VERSIONS_FILE=str(configmap / "versions.json")
+    )
+    assert (await predict(s))[1] == "7"  # not the newest: the ConfigMap says 7
+    _configmap_update(configmap, {"stable": "8"}, "..2026_02")
+
+    async def swapped() -> bool:
+        return (await predict(s))[1] == "8"
+
+    await until(swapped)
