@@ -95,6 +95,15 @@ class ResourcePolicy:
         return Plan(evict=tuple(v.name for v in chosen))
 
 
+def room(budget: int, resident_bytes: int, free_device_bytes: int | None) -> int | None:
+    """Bytes free for another version: the budget (0: none) less what resident versions hold,
+    and no more than the device's free memory (on CUDA); None: unbounded."""
+    left = budget - resident_bytes if budget else None
+    if free_device_bytes is not None:
+        left = free_device_bytes if left is None else min(left, free_device_bytes)
+    return left
+
+
 def swap_policy(name: str) -> SwapPolicy:
     """The policy SIDECAR_SWAP_POLICY names."""
     return ResourcePolicy() if name == "resource" else AvailabilityPolicy()

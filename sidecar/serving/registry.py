@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import loaders
-from loaders import DesiredState, Share
+from loaders import DesiredState
 from sidecar.errors import (
     ConflictError,
     InvalidInputError,
     NotReadyError,
+    StartupError,
     VersionNotFoundError,
     VersionNotReadyError,
 )
@@ -91,7 +92,13 @@ class Registry:
     # -- routing ---------------------------------------------------------------------------
 
     def route(self, pin: str | None, routing_key: str | None) -> Lease:
-        """Hold the version a request goes to.
+        """Hold the version a request goes to (`resolve`); the caller releases the lease."""
+        version, role = self.resolve(pin, routing_key)
+        version.acquire(role)
+        return Lease(version, role, self._ended if role == CANARY and self.guard else None)
+
+    def resolve(self, pin: str | None, routing_key: str | None) -> tuple[Version, str]:
+        """The ready version a request goes to, and its role.
 
         Raises:
             NotReadyError: no stable version serves now (loading, or a resource-policy swap).
@@ -120,8 +127,7 @@ class Registry:
             raise VersionNotReadyError(
                 f"version '{name}' is {version.state.value}, not ready", retry_after_s=5
             )
-        version.acquire(role)
-        return Lease(version, role, self._ended if role == CANARY and self.guard else None)
+        return version, role
 
     def _ended(self, lease: Lease, error: BaseException | None) -> None:
         """A canary request ended: roll the canary back when its failures pass the limit."""
@@ -187,7 +193,7 @@ class Registry:
 
     async def unload(self, name: str) -> Version:
         version = self._known(name)
-        if name in (self.traffic.stable, self.traffic.canary, self.traffic.shadow):
+        if name in self.traffic.names():
             raise ConflictError(
                 f"version '{name}' serves traffic; set the traffic elsewhere before unloading it"
             )
@@ -281,7 +287,7 @@ class Registry:
 
     async def _load(self, version: Version, wanted: list[str]) -> None:
         need = self._estimate(version)
-        keep = {self.traffic.stable, self.traffic.canary, self.traffic.shadow, *wanted}
+        keep = {*self.traffic.names(), *wanted}
         resident = [v for v in self.versions.values() if v.resident and v is not version]
         idle = [v for v in resident if v.name not in keep]
         idle.sort(key=lambda v: self.history.index(v.name) if v.name in self.history else -1)
@@ -298,9 +304,12 @@ class Registry:
         started = time.perf_counter()
         try:
             version.served = await self._start_version(version.name)
-        except Exception as exc:  # a StartupError, or what the model's own code raised
-            reason = str(exc) if exc.__class__.__name__ == "StartupError" else f"{exc!r}"[:500]
-            self._fail(version, reason)
+        except StartupError as exc:  # what loading says: a corrupt file, no tokenizer, ...
+            self._fail(version, str(exc))
+            return
+        except Exception as exc:  # what the model's own code raised (out of memory, ...)
+            logger.error("version %s: loading raised", version.name, exc_info=exc)
+            self._fail(version, f"{type(exc).__name__}: {exc}"[:500])
             return
         version.load_s = time.perf_counter() - started
         version.weight_bytes = version.served.report.weight_bytes
@@ -309,9 +318,10 @@ class Registry:
 
     def _fail(self, version: Version, reason: str) -> None:
         version.served = None
-        version.move(VersionState.FAILED, reason)
         if self.root is not None:
+            reason = reason.replace(str(self.root), "<root>")  # no host path in what is shown
             version.failed_fingerprint = loaders.fingerprint(self.root / version.name)
+        version.move(VersionState.FAILED, reason)
         logger.error("version %s failed: %s", version.name, reason)
 
     def warming(self, name: str) -> None:
@@ -337,15 +347,12 @@ class Registry:
             return name if version is not None and version.state is VersionState.READY else None
 
         old = self.traffic
-        stable = ready(desired.stable) or ready(old.stable)
-        canary, shadow = self._share(desired.canary, ready), self._share(desired.shadow, ready)
-        traffic = Traffic(
-            stable=stable,
-            canary=canary.version if canary else None,
-            canary_percent=canary.percent if canary else 0.0,
-            shadow=shadow.version if shadow else None,
-            shadow_percent=shadow.percent if shadow else 0.0,
+        traffic = Traffic.of(
+            ready(desired.stable) or ready(old.stable),
+            desired.canary if desired.canary and ready(desired.canary.version) else None,
+            desired.shadow if desired.shadow and ready(desired.shadow.version) else None,
         )
+        stable = traffic.stable
         if traffic == old:
             return
         self.traffic = traffic  # the flip: requests routed from here on see the new routing
@@ -356,16 +363,10 @@ class Registry:
             logger.info("swap: stable %s -> %s (%.3fs)", old.stable, stable, seconds)
         logger.info("traffic: %s", traffic.public())
 
-    @staticmethod
-    def _share(share: Share | None, ready: Callable[[str | None], str | None]) -> Share | None:
-        if share is None or ready(share.version) is None:
-            return None
-        return share
-
     def _evict_surplus(self, desired: DesiredState) -> None:
         """Retire ready versions beyond `resident`, keeping the most recent previous stables."""
         traffic = self.traffic
-        keep = {traffic.stable, traffic.canary, traffic.shadow, *self._pinned}
+        keep = {*traffic.names(), *self._pinned}
         keep.update(desired.named())
         spare = max(0, desired.resident - len({n for n in keep if n is not None}))
         for name in reversed(self.history):
@@ -385,14 +386,8 @@ class Registry:
         if not version.resident or version.state is VersionState.DRAINING:
             return
         traffic = self.traffic
-        if version.name in (traffic.stable, traffic.canary, traffic.shadow):
-            self.traffic = Traffic(
-                stable=None if traffic.stable == version.name else traffic.stable,
-                canary=None if traffic.canary == version.name else traffic.canary,
-                canary_percent=0.0 if traffic.canary == version.name else traffic.canary_percent,
-                shadow=None if traffic.shadow == version.name else traffic.shadow,
-                shadow_percent=0.0 if traffic.shadow == version.name else traffic.shadow_percent,
-            )
+        if version.name in traffic.names():
+            self.traffic = traffic.without(version.name)
             if traffic.stable == version.name:
                 self.history = [n for n in self.history if n != version.name] + [version.name]
         version.move(VersionState.DRAINING, version.reason)  # a rollback's reason stays

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import loaders
 from batching import BatchObserver, DeviceFailedError
 from sidecar.config import Settings, served_name_from
 from sidecar.errors import DrainingError, ModelNotFoundError, NotReadyError, StartupError
@@ -29,12 +28,12 @@ from sidecar.serving.cache import ResponseCache
 from sidecar.serving.canary import CanaryGuard
 from sidecar.serving.engine import Engine, Executors, batch_config
 from sidecar.serving.loading import Loaded, LoadReport
-from sidecar.serving.policy import swap_policy
+from sidecar.serving.policy import room, swap_policy
 from sidecar.serving.registry import Registry
 from sidecar.serving.shadow import Shadow
 from sidecar.serving.traffic import STABLE, Traffic
 from sidecar.serving.versions import Lease, Version, VersionState
-from sidecar.serving.watcher import RootWatcher
+from sidecar.serving.watcher import Root, RootWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -92,39 +91,19 @@ class Service:
     async def load(self) -> Loaded:
         """Load and warm the model (its stable version) on the device thread (off the loop)."""
         loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(self._executors.device, self._discover)
+        discover = functools.partial(Root.discover, self.settings.model, self._desired_file())
+        found = await loop.run_in_executor(self._executors.device, discover)
         spec = None
         if found is not None:
-            root, names, text, desired = found
-            registry = self._new_registry(root)
-            registry.desired_text = text
-            registry.adopt(names, desired)
+            registry = self._new_registry(found.path)
+            registry.desired_text = found.desired_text
+            registry.adopt(found.names, found.desired)
             stable = registry.desired.stable
-            if stable is None or stable not in names:
+            if stable is None or stable not in found.names:
                 raise StartupError(f"the model root has no version {stable!r} to serve")
-            spec = str(root / stable)
+            spec = str(found.path / stable)
         load = functools.partial(loading.load, self.settings, progress=self._progress, spec=spec)
         return await loop.run_in_executor(self._executors.device, load)
-
-    def _discover(
-        self,
-    ) -> tuple[Path, list[str], bytes | None, loaders.DesiredState] | None:
-        """SIDECAR_MODEL as a model root: its versions and desired state; None for a snapshot."""
-        spec = self.settings.model
-        if spec is None or spec.startswith(loaders.HUB_SCHEME):
-            return None
-        root = Path(spec).absolute()
-        if not loaders.is_model_root(root):
-            return None
-        names = loaders.scan_versions(root)
-        try:
-            text, desired = loaders.read_desired(root, self._desired_file())
-        except loaders.VersionsFileError as exc:
-            raise StartupError(f"{loaders.DESIRED_FILE}: {exc}") from None
-        if not names:
-            raise StartupError("the model root holds no version directory yet")
-        logger.info("model root with versions %s", names)
-        return root, names, text, desired or loaders.DesiredState()
 
     def _desired_file(self) -> Path | None:
         file = self.settings.versions.versions_file
@@ -236,16 +215,11 @@ class Service:
         await loop.run_in_executor(self._executors.device, _release, device)
 
     def _room(self, resident_bytes: int) -> int | None:
-        """Bytes free for another version: the budget less what is resident, and no more than
-        the free device memory on CUDA (None: unbounded)."""
-        budget = self.settings.versions.max_bytes
-        room = budget - resident_bytes if budget else None
+        """Bytes free for another version (`policy.room`)."""
         stable = self.served
         device = stable.engine.card.device if stable is not None else "cpu"
         free = loading.free_device_bytes(device)
-        if free is not None:
-            room = free if room is None else min(room, free)
-        return room
+        return room(self.settings.versions.max_bytes, resident_bytes, free)
 
     @property
     def served(self) -> ServedModel | None:
@@ -353,10 +327,11 @@ class Service:
             NotReadyError, ModelNotFoundError: as `model`.
             VersionNotFoundError, VersionNotReadyError: unknown, or not ready.
         """
-        lease = self.route(name, version, None)
-        lease.release()
-        assert lease.version.served is not None
-        return lease.version.served
+        self.model(name)
+        assert self.registry is not None
+        found, _role = self.registry.resolve(version, None)
+        assert found.served is not None
+        return found.served
 
     async def reload(self) -> None:
         """Re-read the model root now (failed versions are tried again) and reconcile.

@@ -9,9 +9,12 @@ buckets go to the canary.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from dataclasses import dataclass
+
+from loaders import Share
 
 NUM_BUCKETS = 10_000
 STABLE, CANARY, PINNED, SHADOW = "stable", "canary", "pinned", "shadow"
@@ -27,6 +30,31 @@ class Traffic:
     canary_percent: float = 0.0
     shadow: str | None = None
     shadow_percent: float = 0.0
+
+    @classmethod
+    def of(cls, stable: str | None, canary: Share | None, shadow: Share | None) -> Traffic:
+        return cls(
+            stable=stable,
+            canary=canary.version if canary else None,
+            canary_percent=canary.percent if canary else 0.0,
+            shadow=shadow.version if shadow else None,
+            shadow_percent=shadow.percent if shadow else 0.0,
+        )
+
+    def names(self) -> set[str]:
+        """The versions this routing sends requests to."""
+        return {name for name in (self.stable, self.canary, self.shadow) if name is not None}
+
+    def without(self, name: str) -> Traffic:
+        """This routing with `name` taken out of every role (its share dropped)."""
+        traffic = self
+        if traffic.stable == name:
+            traffic = dataclasses.replace(traffic, stable=None)
+        if traffic.canary == name:
+            traffic = dataclasses.replace(traffic, canary=None, canary_percent=0.0)
+        if traffic.shadow == name:
+            traffic = dataclasses.replace(traffic, shadow=None, shadow_percent=0.0)
+        return traffic
 
     def choose(self, routing_key: str | None, draw: float | None = None) -> tuple[str | None, str]:
         """The version and role of an unpinned request (None: no stable version serves)."""

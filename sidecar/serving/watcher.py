@@ -1,4 +1,5 @@
-"""Watching a model root: its version directories and versions.json, re-read off the loop.
+"""A model root: found at start-up, then watched (its version directories and desired state,
+re-read off the loop).
 
 A change (a version renamed into place, the desired state edited, a failed version's files
 replaced) updates the registry's desired state and wakes its reconcile loop.
@@ -9,14 +10,48 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import loaders
 from loaders import DesiredState
+from sidecar.errors import StartupError
 from sidecar.serving.registry import Registry
 from sidecar.serving.versions import VersionState
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Root:
+    """A model root as found at start-up: its versions, oldest first, and desired state."""
+
+    path: Path
+    names: list[str]
+    desired_text: bytes | None
+    desired: DesiredState
+
+    @classmethod
+    def discover(cls, spec: str | None, desired_file: Path | None) -> Root | None:
+        """SIDECAR_MODEL as a model root, or None for a snapshot (blocking).
+
+        Raises:
+            StartupError: an invalid desired state, or a root without any version yet.
+        """
+        if spec is None or spec.startswith(loaders.HUB_SCHEME):
+            return None
+        path = Path(spec).absolute()
+        if not loaders.is_model_root(path):
+            return None
+        names = loaders.scan_versions(path)
+        try:
+            text, desired = loaders.read_desired(path, desired_file)
+        except loaders.VersionsFileError as exc:
+            raise StartupError(f"{loaders.DESIRED_FILE}: {exc}") from None
+        if not names:
+            raise StartupError("the model root holds no version directory yet")
+        logger.info("model root with versions %s", names)
+        return cls(path, names, text, desired or DesiredState())
 
 
 class RootWatcher:
