@@ -9,7 +9,7 @@ arguments.
 
 from __future__ import annotations
 
-from loaders.digests import recorded_digests
+from loaders.digests import SHA256SUMS, listed_digests, recorded_digests
 from loaders.errors import (
     CorruptWeightsError,
     DigestMismatchError,
@@ -43,6 +43,7 @@ __all__ = [
     "DTYPES",
     "HUB_SCHEME",
     "MAX_HEADER_BYTES",
+    "SHA256SUMS",
     "CorruptWeightsError",
     "DesiredState",
     "DigestMismatchError",
@@ -64,6 +65,7 @@ __all__ = [
     "fingerprint",
     "is_model_root",
     "is_network_filesystem",
+    "listed_digests",
     "load_weights",
     "plan_chunks",
     "pull",

@@ -16,10 +16,11 @@ import torch
 
 from loaders.sources import ModelSource
 
-__all__ = ["pinned_files", "recorded_digests", "sha256_of_loaded"]
+__all__ = ["SHA256SUMS", "listed_digests", "pinned_files", "recorded_digests", "sha256_of_loaded"]
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _BLOBS_DIR = "blobs"
+SHA256SUMS = "SHA256SUMS"  # `sha256sum * > SHA256SUMS` in a version directory
 
 
 def recorded_digests(source: ModelSource) -> dict[str, str]:
@@ -43,6 +44,32 @@ def recorded_digests(source: ModelSource) -> dict[str, str]:
         if blob.parent.name == _BLOBS_DIR and _SHA256_HEX.fullmatch(blob.name):
             recorded[path.name] = blob.name
     return recorded
+
+
+def listed_digests(directory: Path, weight_files: Sequence[Path]) -> dict[str, str] | None:
+    """The weight files' digests a directory's SHA256SUMS lists (`sha256sum`'s output), or
+    None when it has none.
+
+    Raises:
+        ValueError: a line that is not `<digest>  <name>`, or a weight file it does not list.
+    """
+    try:
+        text = (directory / SHA256SUMS).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    listed: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, _, name = line.strip().partition(" ")
+        name = name.strip().removeprefix("*")
+        if not name:
+            raise ValueError(f"{SHA256SUMS} line {number} is not '<sha256>  <file name>'")
+        listed[name] = _digest(digest)
+    missing = [path.name for path in weight_files if path.name not in listed]
+    if missing:
+        raise ValueError(f"{SHA256SUMS} lists no digest for {', '.join(missing)}")
+    return {path.name: listed[path.name] for path in weight_files}
 
 
 def pinned_files(expected_sha256: Mapping[str, str], paths: Sequence[Path]) -> dict[int, str]:

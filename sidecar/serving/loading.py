@@ -121,6 +121,7 @@ def load(
         StartupError: with a message fit for the log; the process exits non-zero.
     """
     started = time.perf_counter()
+    versioned = spec is not None  # a version of a model root: its SHA256SUMS is verified
     spec = spec or settings.model or str(demo_model_path())
     backend = model_backend(settings.backend, spec)
     try:
@@ -153,7 +154,7 @@ def load(
                 num_threads=settings.load_threads,
                 chunk_bytes=settings.load_chunk_mb << 20,
                 progress=progress,
-                expected_sha256=_digest_pins(settings, source),
+                expected_sha256=_digest_pins(settings, source, listed=versioned),
                 mapped=mapped_load(settings.load_mode, device),
             )
         loaded = time.perf_counter()
@@ -271,11 +272,19 @@ def mapped_load(load_mode: str, device: torch.device) -> bool | None:
     return {"auto": None, "mmap": True, "read": False}[load_mode]
 
 
-def _digest_pins(settings: Settings, source: loaders.ModelSource) -> dict[str, str] | None:
-    """SIDECAR_MODEL_SHA256 as {file name: digest}: given pins, or the snapshot's own record."""
+def _digest_pins(
+    settings: Settings, source: loaders.ModelSource, *, listed: bool = False
+) -> dict[str, str] | None:
+    """SIDECAR_MODEL_SHA256 as {file name: digest}: given pins, or the snapshot's own record;
+    without it, a version's SHA256SUMS (`listed`) when it has one."""
     pins = settings.model_sha256
     if pins is None:
-        return None
+        if not listed:
+            return None
+        try:
+            return loaders.listed_digests(source.directory, source.weight_files)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
     if pins.recorded:
         recorded = loaders.recorded_digests(source)
         if not recorded:

@@ -12,6 +12,7 @@ from loaders import (
     Share,
     VersionsFileError,
     is_model_root,
+    listed_digests,
     read_desired,
     scan_versions,
     version_order,
@@ -81,3 +82,17 @@ def test_a_bad_desired_state_is_a_typed_error_saying_what(document: str, says: s
     with pytest.raises(VersionsFileError) as caught:
         DesiredState.decode(document.encode())
     assert says in str(caught.value)
+
+
+def test_a_versions_sha256sums_pins_its_weight_files(tmp_path: Path) -> None:
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"x")
+    assert listed_digests(tmp_path, [weights]) is None
+    (tmp_path / "SHA256SUMS").write_text("A" * 64 + " *model.safetensors\n\n" + "b" * 64 + "  x\n")
+    assert listed_digests(tmp_path, [weights]) == {"model.safetensors": "a" * 64}
+    (tmp_path / "SHA256SUMS").write_text("b" * 64 + "  other.safetensors\n")
+    with pytest.raises(ValueError, match=r"lists no digest for model\.safetensors"):
+        listed_digests(tmp_path, [weights])
+    (tmp_path / "SHA256SUMS").write_text("nothex  model.safetensors\n")
+    with pytest.raises(ValueError, match="is not a sha256 digest"):
+        listed_digests(tmp_path, [weights])

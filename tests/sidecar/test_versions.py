@@ -4,6 +4,7 @@ real snapshot files copied into a model root as a user would)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -115,7 +116,11 @@ async def test_a_version_copied_in_becomes_stable(
     copy_version(snapshots["7"], root, "7")
     s = await start_server(root, SIDECAR_MODEL_POLL_S="0.05")
     assert (await predict(s))[1] == "7"
-    copy_version(snapshots["8"], root, "8")
+    staging = tmp_path / "with-digests"
+    shutil.copytree(snapshots["8"], staging)
+    digest = hashlib.sha256((staging / "model.safetensors").read_bytes()).hexdigest()
+    (staging / "SHA256SUMS").write_text(f"{digest}  model.safetensors\n")  # verified on load
+    copy_version(staging, root, "8")
 
     async def swapped() -> bool:
         return (await predict(s))[1] == "8"
@@ -145,6 +150,11 @@ def _no_tokenizer(snapshot: Path, root: Path) -> None:
         (target / name).unlink()
 
 
+def _wrong_digest(snapshot: Path, root: Path) -> None:
+    target = copy_version(snapshot, root, "8")
+    (target / "SHA256SUMS").write_text("0" * 64 + "  model.safetensors\n")
+
+
 def _whole(snapshot: Path, root: Path) -> None:
     copy_version(snapshot, root, "8")
 
@@ -155,10 +165,11 @@ def _whole(snapshot: Path, root: Path) -> None:
         (_truncated, {}, "model.safetensors"),
         (_corrupt_header, {}, "model.safetensors"),
         (_no_tokenizer, {}, "tokenizer"),
+        (_wrong_digest, {}, "sha256"),
         # Room for one version only: the swap would need two (availability policy).
         (_whole, {"SIDECAR_VERSIONS_MAX_BYTES": "6000000"}, "out of memory"),
     ],
-    ids=["truncated", "corrupt-header", "no-tokenizer", "out-of-memory"],
+    ids=["truncated", "corrupt-header", "no-tokenizer", "wrong-digest", "out-of-memory"],
 )
 async def test_a_failed_version_never_becomes_stable_and_the_old_one_serves(
     start_server: StartServer,
