@@ -286,7 +286,7 @@ class Registry:
                     return
 
     async def _load(self, version: Version, wanted: list[str]) -> None:
-        need = self._estimate(version)
+        need = await asyncio.to_thread(self._estimate, version)  # stats files: off the loop
         keep = {*self.traffic.names(), *wanted}
         resident = [v for v in self.versions.values() if v.resident and v is not version]
         idle = [v for v in resident if v.name not in keep]
@@ -295,7 +295,7 @@ class Registry:
         plan = self.policy.plan(need, self._room(sum(v.weight_bytes for v in resident)), idle,
                                 serving)  # fmt: skip
         if plan.refused is not None:
-            self._fail(version, plan.refused)
+            await self._fail(version, plan.refused)
             return
         for name in plan.evict:
             await self._retire(self.versions[name])
@@ -305,22 +305,23 @@ class Registry:
         try:
             version.served = await self._start_version(version.name)
         except StartupError as exc:  # what loading says: a corrupt file, no tokenizer, ...
-            self._fail(version, str(exc))
+            await self._fail(version, str(exc))
             return
         except Exception as exc:  # what the model's own code raised (out of memory, ...)
             logger.error("version %s: loading raised", version.name, exc_info=exc)
-            self._fail(version, f"{type(exc).__name__}: {exc}"[:500])
+            await self._fail(version, f"{type(exc).__name__}: {exc}"[:500])
             return
         version.load_s = time.perf_counter() - started
         version.weight_bytes = version.served.report.weight_bytes
         version.move(VersionState.READY)
         logger.info("version %s ready in %.3fs", version.name, version.load_s)
 
-    def _fail(self, version: Version, reason: str) -> None:
+    async def _fail(self, version: Version, reason: str) -> None:
         version.served = None
         if self.root is not None:
             reason = reason.replace(str(self.root), "<root>")  # no host path in what is shown
-            version.failed_fingerprint = loaders.fingerprint(self.root / version.name)
+            directory = self.root / version.name
+            version.failed_fingerprint = await asyncio.to_thread(loaders.fingerprint, directory)
         version.move(VersionState.FAILED, reason)
         logger.error("version %s failed: %s", version.name, reason)
 
