@@ -7,6 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+import torch
+
 from tests.sidecar.conftest import DEMO_DIR, StartServer
 from tests.sidecar.versioned import admin_session
 
@@ -18,14 +21,19 @@ def rss_bytes() -> int:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
-async def test_unloading_a_version_gives_its_memory_back(
-    start_server: StartServer, tmp_path: Path, socket_dir: str
-) -> None:
+def make_root(tmp_path: Path) -> Path:
     root = tmp_path / "m"
     for name in ("a", "b"):  # the demo model (90 MB of weights) as two versions
         shutil.copytree(DEMO_DIR, root / f".tmp-{name}")
         (root / f".tmp-{name}").rename(root / name)
     (root / "versions.json").write_text(json.dumps({"stable": "a"}))
+    return root
+
+
+async def test_unloading_a_version_gives_its_memory_back(
+    start_server: StartServer, tmp_path: Path, socket_dir: str
+) -> None:
+    root = make_root(tmp_path)
     admin_path = f"{socket_dir}/admin.sock"
     s = await start_server(root, SIDECAR_MODEL_POLL_S="0", SIDECAR_ADMIN_UDS=admin_path)
     body = {"inputs": [f"sentence {i} about memory" for i in range(16)]}
@@ -48,4 +56,26 @@ async def test_unloading_a_version_gives_its_memory_back(
     await serve("a")
     after = rss_bytes()
     assert loaded - before > 50 << 20, (before, loaded)  # b really was resident
+    assert abs(after - before) <= 0.1 * before, (before, loaded, after)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+async def test_unloading_a_version_gives_its_device_memory_back(
+    start_server: StartServer, tmp_path: Path, socket_dir: str
+) -> None:
+    admin_path = f"{socket_dir}/admin.sock"
+    await start_server(
+        make_root(tmp_path), SIDECAR_MODEL_POLL_S="0", SIDECAR_ADMIN_UDS=admin_path,
+        SIDECAR_DEVICE="cuda",
+    )  # fmt: skip
+    before = torch.cuda.memory_reserved()
+    async with admin_session(admin_path) as admin:
+        async with admin.post("/admin/v1/models/m/versions/b/load") as r:
+            assert (await r.json())["version"]["state"] == "ready"
+        loaded = torch.cuda.memory_reserved()
+        async with admin.post("/admin/v1/models/m/versions/b/unload") as r:
+            assert (await r.json())["version"]["state"] == "unloaded"
+    after = torch.cuda.memory_reserved()
+    assert loaded - before > 40 << 20, (before, loaded)
     assert abs(after - before) <= 0.1 * before, (before, loaded, after)
