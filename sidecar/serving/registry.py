@@ -197,9 +197,9 @@ class Registry:
             raise ConflictError(
                 f"version '{name}' serves traffic; set the traffic elsewhere before unloading it"
             )
-        self._pinned.discard(name)
         if name in self.desired.named():
             raise ConflictError(f"version '{name}' is named by the desired state")
+        self._pinned.discard(name)
         if version.resident:
             await self._retire(version)
         return version

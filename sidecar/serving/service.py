@@ -149,8 +149,9 @@ class Service:
             served.name, served.version, card.task, report.weight_bytes,
             report.weights_s, report.weights_gbps, report.warmup_s,
         )  # fmt: skip
-        if registry.root is not None and not self._tasks:
+        if not self._tasks:  # the loop runs for a single snapshot too: admin calls wait on it
             self._tasks.append(asyncio.create_task(registry.run(), name="reconcile-versions"))
+        if registry.root is not None and self.watcher is None:
             self.watcher = RootWatcher(registry, registry.root, self._desired_file())
             poll_s = self.settings.versions.poll_s
             if poll_s > 0:

@@ -196,3 +196,26 @@ async def test_the_cli_front(
     assert code == 0
     code, out = await cli("rollback")
     assert code == 1 and "no previous stable version" in out
+
+
+async def test_a_plain_snapshot_has_one_version_at_the_admin_api(
+    start_server: StartServer, tiny_embed_dir: Path, socket_dir: str
+) -> None:
+    admin_path = f"{socket_dir}/admin.sock"
+    s = await start_server(tiny_embed_dir, SIDECAR_ADMIN_UDS=admin_path)
+    async with admin_session(admin_path) as admin:
+        listed = await states(admin)
+        assert listed["1"]["state"] == "ready" and listed["_traffic"]["stable"] == "1"
+        async with asyncio.timeout(10):
+            async with admin.put("/admin/v1/models/default/traffic", json={"stable": "1"}) as r:
+                assert r.status == 200
+            async with admin.post("/admin/v1/models/default/versions/1/load") as r:
+                assert r.status == 200
+            async with admin.post("/admin/v1/models/default/versions/1/unload") as r:
+                assert r.status == 409
+            async with admin.post("/admin/v1/models/default/rollback") as r:
+                assert r.status == 409
+            async with admin.post("/admin/v1/reload") as r:
+                assert r.status == 200
+    async with s.tcp.post("/v1/predict", json={"inputs": "x"}) as r:
+        assert (r.status, r.headers["X-Model-Version"]) == (200, "1")
