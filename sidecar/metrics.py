@@ -124,11 +124,16 @@ class Metrics(BatchObserver):
         )
         self.model_load_bytes.set_function(lambda: float(service.loaded_bytes))
         self.registry.register(VersionsCollector(service))
-        service.on_swap = self.on_swap
+        service.on_swap = lambda seconds: self.on_swap(seconds, service.served)
         service.shadow.observer = self
 
-    def on_swap(self, seconds: float) -> None:
+    def on_swap(self, seconds: float, served: ServedModel | None) -> None:
+        """A new stable version serves: the swap's time, and the model info relabelled."""
         self.swap_seconds.observe(seconds)
+        if served is not None:
+            card = served.engine.card
+            self.model_info.clear()
+            self.model_info.labels(served.name, served.version, card.device, card.dtype).set(1)
 
     def on_shadow(self, outcome: str, agreement: Agreement | None) -> None:
         """One shadow copy: its outcome, and how far it agreed with the primary."""

@@ -101,6 +101,11 @@ async def test_versions_json_names_the_stable_version(
     await until(lambda: _state_is(registry, "7", "unloaded"))
     assert registry.versions["7"].served is None
     assert registry.history == ["7"]
+    async with s.health.get("/metrics") as r:
+        metrics = await r.text()
+    assert "sidecar_model_swap_seconds_count 1.0" in metrics
+    info = [line for line in metrics.splitlines() if line.startswith("sidecar_model_info{")]
+    assert len(info) == 1 and 'version="8"' in info[0]
 
 
 async def _state_is(registry, name: str, state: str) -> bool:
