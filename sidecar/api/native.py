@@ -30,6 +30,7 @@ from sidecar.api.openapi import (
     nullable,
     pinned,
     record,
+    routed,
 )
 from sidecar.api.schema import Boolean, Field, JsonSchema, Limits, Object, Texts
 from sidecar.models import Classifications, Embeddings, Result, TextInputs
@@ -96,9 +97,9 @@ def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
 
     model_card = json_content(_MODEL_CARD)
     return {
-        "/v1/predict": {"post": predict_op()},
-        "/v1/models/{model}/predict": {"post": predict_op(404)},
-        "/v1/models/{model}/versions/{version}/predict": pinned({"post": predict_op(404)}),
+        "/v1/predict": routed({"post": predict_op()}),
+        "/v1/models/{model}/predict": routed({"post": predict_op(404)}),
+        "/v1/models/{model}/versions/{version}/predict": pinned(routed({"post": predict_op(404)})),
         "/v1/models": {
             "get": openapi.operation(
                 "The served model",

@@ -133,7 +133,7 @@ def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
                 f"its length in {HEADER_LENGTH}, then each binary output's bytes in order",
             }
         }
-        paths[f"{path}/infer"] = {"post": infer_op}
+        paths[f"{path}/infer"] = openapi.routed({"post": infer_op})
     return paths
 
 

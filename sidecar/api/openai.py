@@ -24,6 +24,7 @@ from sidecar.api.openapi import (
     operation,
     pinned,
     record,
+    routed,
 )
 from sidecar.api.schema import (
     Boolean,
@@ -81,16 +82,18 @@ def routes() -> list[web.RouteDef]:
 
 
 def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
-    path_item = {
-        "post": operation(
-            "OpenAI-compatible embeddings",
-            limits=limits,
-            body=EMBEDDINGS,
-            ok=json_content(_EMBEDDINGS_RESPONSE),
-            errors=[404],
-            tag="openai",
-        )
-    }
+    path_item = routed(
+        {
+            "post": operation(
+                "OpenAI-compatible embeddings",
+                limits=limits,
+                body=EMBEDDINGS,
+                ok=json_content(_EMBEDDINGS_RESPONSE),
+                errors=[404],
+                tag="openai",
+            )
+        }
+    )
     return {
         "/v1/embeddings": path_item,
         "/v1/models/{model}/versions/{version}/embeddings": pinned(path_item),

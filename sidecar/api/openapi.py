@@ -145,6 +145,54 @@ def version_parameter() -> JsonSchema:
     }
 
 
+MODEL_VERSION_PARAMETER: JsonSchema = {
+    "name": "X-Model-Version",
+    "in": "header",
+    "required": False,
+    "description": "pin the request to a version of the model, 'stable' or 'canary' "
+    "(unknown: 404; not ready: 503)",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+}
+ROUTING_KEY_PARAMETER: JsonSchema = {
+    "name": "X-Routing-Key",
+    "in": "header",
+    "required": False,
+    "description": "requests with the same key always go to the same version (canary share)",
+    "schema": {"type": "string", "maxLength": 1024},
+}
+_MODEL_VERSION: JsonSchema = {
+    "description": "the version that answered (or the stable one)",
+    "schema": {"type": "string"},
+}
+
+
+def routed(path_item: dict[str, Any]) -> dict[str, Any]:
+    """A path item of an inference route: routed to a version (DESIGN section 12), so it takes
+    the pin and routing-key headers, names the version in X-Model-Version, and answers 404
+    (an unknown pin) and 503 (a pinned version not ready)."""
+    item: dict[str, Any] = {}
+    for method, op in path_item.items():
+        responses = dict(op["responses"])
+        error = next(reply for code, reply in responses.items() if code >= "400")
+        for status in (404, 503):
+            responses.setdefault(
+                str(status),
+                {**error, "description": STATUSES[status], "headers": _headers(status)},
+            )
+        for code, reply in list(responses.items()):
+            responses[code] = {
+                **reply,
+                "headers": {**reply["headers"], "X-Model-Version": _MODEL_VERSION},
+            }
+        parameters = [*op["parameters"], MODEL_VERSION_PARAMETER, ROUTING_KEY_PARAMETER]
+        item[method] = {
+            **op,
+            "parameters": parameters,
+            "responses": dict(sorted(responses.items())),
+        }
+    return item
+
+
 def pinned(path_item: dict[str, Any]) -> dict[str, Any]:
     """A path item of a route pinned to a version (`/v1/models/{model}/versions/{version}/...`):
     the model and version parameters, and 404 and 503 besides the route's own statuses."""

@@ -27,6 +27,7 @@ from sidecar.api.openapi import (
     operation,
     pinned,
     record,
+    routed,
 )
 from sidecar.api.schema import (
     Boolean,
@@ -87,16 +88,18 @@ def routes() -> list[web.RouteDef]:
 
 
 def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
-    path_item = {
-        "post": operation(
-            "Score documents against a query, best first",
-            limits=limits,
-            body=RERANK,
-            ok=json_content(_RERANK_RESPONSE),
-            errors=[404],
-            tag="rerank",
-        )
-    }
+    path_item = routed(
+        {
+            "post": operation(
+                "Score documents against a query, best first",
+                limits=limits,
+                body=RERANK,
+                ok=json_content(_RERANK_RESPONSE),
+                errors=[404],
+                tag="rerank",
+            )
+        }
+    )
     return {
         "/v1/rerank": path_item,
         "/v1/models/{model}/versions/{version}/rerank": pinned(path_item),
