@@ -400,6 +400,8 @@ class Registry:
         version.served = None
         version.move(VersionState.UNLOADED, version.reason)
         logger.info("version %s unloaded", version.name)
+        if version.name in (*self.desired.named(), *self._pinned):
+            self.wake()  # wanted again while it drained (a rollback to it): load it back
 
     async def stop(self) -> None:
         """Wait for retiring versions; the caller stops the engines still resident."""

@@ -305,3 +305,27 @@ async def test_the_desired_state_may_come_from_a_configmap_beside_the_root(
         return (await predict(s))[1] == "8"
 
     await until(swapped)
+
+
+async def test_a_version_wanted_back_while_it_drains_is_loaded_again(
+    start_server: StartServer, snapshots, tmp_path: Path
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    for name in ("7", "8"):
+        copy_version(snapshots[name], root, name)
+    (root / "versions.json").write_text(json.dumps({"stable": "7"}))
+    s = await start_server(root, SIDECAR_MODEL_POLL_S="0")
+    registry = s.service.registry
+    held = registry.route("7", None)  # a request still running on 7
+    await registry.apply(DesiredState(stable="8"))
+    await until(lambda: _state_is(registry, "7", "draining"))
+    await registry.apply(DesiredState(stable="7"))  # wanted back before it is gone
+    assert (await predict(s))[1] == "8"  # 7 drains first; 8 serves meanwhile
+    held.release()
+
+    async def back() -> bool:
+        return (await predict(s))[1] == "7"
+
+    await until(back)
+    assert registry.versions["7"].state.value == "ready"
