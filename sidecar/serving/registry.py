@@ -173,7 +173,7 @@ class Registry:
         """Want `desired` (admin): retry its failed versions, run a pass, return when done."""
         self.check(desired)
         self._retry.update(desired.named())
-        self.adopt(list(self.versions), desired)
+        self.adopt(sorted(self.versions, key=loaders.version_order), desired)
         await self.reconcile_now()
 
     async def apply_document(self, data: Any) -> None:

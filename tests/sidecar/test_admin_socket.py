@@ -219,3 +219,21 @@ async def test_a_plain_snapshot_has_one_version_at_the_admin_api(
                 assert r.status == 200
     async with s.tcp.post("/v1/predict", json={"inputs": "x"}) as r:
         assert (r.status, r.headers["X-Model-Version"]) == (200, "1")
+
+
+async def test_a_reload_of_an_invalid_desired_state_is_refused_and_changes_nothing(
+    start_server: StartServer, snapshots, tmp_path: Path, socket_dir: str
+) -> None:
+    s, admin_path = await start_root(start_server, snapshots, tmp_path, socket_dir)
+    (tmp_path / "m" / "versions.json").write_text('{"stable": "8", "canary": 5}')
+    async with admin_session(admin_path) as admin:
+        async with admin.post("/admin/v1/reload") as r:
+            assert r.status == 409
+            error = (await r.json())["error"]
+        assert error["code"] == "invalid_versions_file"
+        assert "'canary' must be an object" in error["message"]
+        assert (await states(admin))["_traffic"]["stable"] == "7"
+        # Without a stable version named, the newest under the root is stable.
+        async with admin.put("/admin/v1/models/m/traffic", json={}) as r:
+            assert (r.status, (await r.json())["traffic"]["stable"]) == (200, "8")
+    assert await version_of(s) == "8"
