@@ -21,7 +21,7 @@ from pathlib import Path
 
 from batching import BatchObserver, DeviceFailedError
 from sidecar.config import Settings, served_name_from
-from sidecar.errors import DrainingError, ModelNotFoundError, NotReadyError, StartupError
+from sidecar.errors import DrainingError, ModelNotFoundError, NotReadyError
 from sidecar.models import Inputs, Result
 from sidecar.serving import loading
 from sidecar.serving.cache import ResponseCache
@@ -97,11 +97,15 @@ class Service:
         if found is not None:
             registry = self._new_registry(found.path)
             registry.desired_text = found.desired_text
-            registry.adopt(found.names, found.desired)
-            stable = registry.desired.stable
-            if stable is None or stable not in found.names:
-                raise StartupError(f"the model root has no version {stable!r} to serve")
-            spec = str(found.path / stable)
+            desired = found.desired
+            if desired.stable is not None and desired.stable not in found.names:
+                logger.warning(
+                    "the desired stable version %s is not under the root (yet): serving the "
+                    "newest, %s", desired.stable, found.names[-1],
+                )  # fmt: skip
+                desired = dataclasses.replace(desired, stable=None)
+            registry.adopt(found.names, desired)
+            spec = str(found.path / (registry.desired.stable or found.names[-1]))
         load = functools.partial(loading.load, self.settings, progress=self._progress, spec=spec)
         return await loop.run_in_executor(self._executors.device, load)
 

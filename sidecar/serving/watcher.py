@@ -86,11 +86,11 @@ class RootWatcher:
                 registry.retry(name)
         if desired is not None:
             desired = _without_absent(desired, names, registry.desired.stable)
-        if text != registry.desired_text:  # the file changed: it wins over the admin's last word
+        # The file wins over the admin's last word when it changes, or when the versions under
+        # the root do (one it names may have arrived); without a file the newest is stable.
+        if text != registry.desired_text or names != self._names:
             registry.desired_text = text
-            registry.adopt(names, desired or DesiredState())
-        elif text is None and names != self._names:  # without a file, the newest is stable
-            registry.adopt(names, DesiredState(resident=registry.desired.resident))
+            registry.adopt(names, desired or DesiredState(resident=registry.desired.resident))
         else:
             registry.adopt(names, registry.desired)
         self._names = names

@@ -329,3 +329,20 @@ async def test_a_version_wanted_back_while_it_drains_is_loaded_again(
 
     await until(back)
     assert registry.versions["7"].state.value == "ready"
+
+
+async def test_a_desired_version_not_copied_yet_is_waited_for(
+    start_server: StartServer, snapshots, tmp_path: Path
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    copy_version(snapshots["7"], root, "7")
+    (root / "versions.json").write_text(json.dumps({"stable": "8"}))
+    s = await start_server(root, SIDECAR_MODEL_POLL_S="0.05")
+    assert (await predict(s))[1] == "7"  # the newest there is, until 8 arrives
+    copy_version(snapshots["8"], root, "8")
+
+    async def arrived() -> bool:
+        return (await predict(s))[1] == "8"
+
+    await until(arrived)
