@@ -207,7 +207,7 @@ class Registry:
     async def rollback(self) -> str:
         """Make the previous stable version stable again (drop the canary); its name."""
         current = self.traffic.stable
-        candidates = [name for name in reversed(self.history) if name != current]
+        candidates = [n for n in reversed(self.history) if n != current and n in self.versions]
         if not candidates:
             raise ConflictError("there is no previous stable version to roll back to")
         ready = [n for n in candidates if self.versions[n].state is VersionState.READY]
@@ -373,7 +373,8 @@ class Registry:
         for name in reversed(self.history):
             if spare == 0:
                 break
-            if name not in keep and self.versions[name].state is VersionState.READY:
+            kept = self.versions.get(name)
+            if name not in keep and kept is not None and kept.state is VersionState.READY:
                 keep.add(name)
                 spare -= 1
         for version in self.versions.values():
