@@ -313,10 +313,11 @@ class Service:
             self.shadow.offer(registry.versions[name], inputs, result)
 
     def _device_busy(self) -> bool:
-        """Some engine has items queued or a pass running on the device."""
+        """Another request is in flight (it may reach the device any moment), or some engine has
+        items queued or a pass running on the device."""
         registry = self.registry
-        if registry is None:
-            return False
+        if registry is None or self._inflight > 1:  # 1: the request that offers the copy
+            return self._inflight > 1
         for version in registry.versions.values():
             served = version.served
             if served is not None:

@@ -1,9 +1,11 @@
 """Shadow traffic: a share of stable requests run again on the shadow version, compared, never
 returned.
 
-The copy is made once the primary has its answer, and only when the device is idle: no engine
-has items queued or a pass running. Otherwise it is dropped, never queued, so it cannot delay
-a primary request behind it; at most `MAX_INFLIGHT` copies run at once. Agreement:
+The copy is made once the primary has its answer, and only when no other request is in flight
+and the device is idle: no engine has items queued or a pass running. Otherwise it is dropped,
+never queued, so it cannot delay a primary request behind it; at most `MAX_INFLIGHT` copies run
+at once. A copy once started is one forward pass the device cannot interrupt: a primary request
+arriving during it waits for it. Agreement:
 
     embeddings      mean cosine of the rows (when the dimensions match)
     classifications share of inputs given the same label (and the largest |dp| of any label)
