@@ -26,6 +26,7 @@ from sidecar.environ import (
     socket_path,
 )
 from sidecar.errors import ConfigError
+from sidecar.jobs_settings import JobsSettings
 
 # The tasks the contract names (DESIGN section 11). Which of them a snapshot can serve is its
 # model family's business: asking for one it cannot serve stops start-up (exit code 1).
@@ -227,6 +228,8 @@ class Settings:
     hf_token: str | None = dataclasses.field(default=None, repr=False)
     # Read from the OpenTelemetry variables (see Tracing); None: no tracing.
     tracing: Tracing | None = None
+    # Jobs (DESIGN section 13), from SIDECAR_JOB(S)_* (see sidecar.jobs_settings).
+    jobs: JobsSettings = dataclasses.field(default_factory=JobsSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -282,6 +285,7 @@ class Settings:
             hf_offline=env.get("HF_HUB_OFFLINE", boolean, False),
             hf_token=env.get("HF_TOKEN", nonempty, None),
             tracing=Tracing.from_env(environ),
+            jobs=JobsSettings.from_env(environ),
         )
         settings.check()
         return settings
@@ -326,6 +330,7 @@ class Settings:
         values["uds_mode"] = oct(self.uds_mode)
         values["model_sha256"] = self.model_sha256.text if self.model_sha256 else None
         values["tracing"] = self.tracing.public() if self.tracing else None
+        values["jobs"] = self.jobs.public()
         return values
 
 

@@ -14,13 +14,16 @@ from pathlib import Path
 
 from aiohttp import web
 
+from sidecar.api.job_lines import BatchLines, NativeLines
 from sidecar.app import build_api_app, build_health_app
 from sidecar.auth import BearerToken
 from sidecar.config import Settings
 from sidecar.errors import StartupError
 from sidecar.health_port import HEALTH_LIMITS, HealthPort
 from sidecar.metrics import Metrics
+from sidecar.middleware import INTERNAL, reply_for
 from sidecar.serving import Phase, Service
+from sidecar.serving.jobs import ItemError, Jobs, LineFormat
 from sidecar.timeline import Timeline
 from sidecar.tracing import start_tracing
 from sidecar.transport import (
@@ -72,16 +75,21 @@ class Server:
         self._watching: asyncio.Task[None] | None = None
         self._bound_socket: Path | None = None
         self.addresses: dict[str, object] = {}
+        self.jobs: Jobs | None = None  # opened by `start` when SIDECAR_JOBS_DIR is set
 
     async def start(self) -> None:
         """Bind every listener; readiness stays off until `load` finishes."""
         settings = self.settings
+        if settings.jobs.dir is not None:
+            self.jobs = await Jobs.open(settings.jobs)
+            self.metrics.watch_jobs(self.jobs)
         api_app = build_api_app(
             self.service,
             self.metrics,
             self.timeline,
             self._auth,
             tracing=None if self.tracer is None else self.tracer.middleware(),
+            jobs=self.jobs,
         )
         reserved = RESERVED_FDS + (HEALTH_LIMITS.max_connections if settings.health_port else 0)
         limits = Limits(
@@ -123,9 +131,20 @@ class Server:
         served = await self.service.start(loaded)
         self.metrics.on_loaded(served)
         self.timeline.mark("ready")
+        if self.jobs is not None:  # jobs a restart left running resume now
+            lines: dict[str, LineFormat] = {
+                "job": NativeLines(self.service),
+                "batch": BatchLines(self.service),
+            }
+            self.jobs.start(lines, _item_error)
 
     async def stop(self) -> bool:
-        """Drain accepted work, close the listeners, remove the socket; False on drain timeout."""
+        """Drain accepted work, close the listeners, remove the socket; False on drain timeout.
+
+        Jobs stop first: the micro-batch in flight is not committed and runs after a restart.
+        """
+        if self.jobs is not None:
+            await self.jobs.close()
         drained = await self.service.drain()
         for runner in reversed(self._runners):
             await runner.cleanup()
@@ -188,6 +207,14 @@ async def serve(
     await server.stop()
     logger.info("stopped")
     return code
+
+
+def _item_error(exc: BaseException) -> ItemError:
+    """A job item's error as the API's error table says it."""
+    row, message, _ = reply_for(exc)
+    if row is INTERNAL:
+        logger.error("a job item failed", exc_info=exc)
+    return ItemError(row.status, row.code, message)
 
 
 def _replace_stale_socket(path: Path) -> None:

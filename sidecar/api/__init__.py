@@ -3,6 +3,8 @@
     native    /v1/predict, /v1/models, /v1/info
     openai    /v1/embeddings
     rerank    /v1/rerank (the Cohere / Jina / vLLM shape)
+    jobs      /v1/jobs (durable bulk work; job_lines: the lines of jobs and batches)
+    batches   /v1/files, /v1/batches (the OpenAI Batch API on the same runner)
     oip       /v2 (the Open Inference Protocol: Triton, KServe, MLServer clients)
     health    /livez, /readyz, /startupz, /metrics
     openapi   /openapi.json (the document of every module's routes)
@@ -16,10 +18,21 @@ its engine, and renders the result; it never touches a tokenizer or torch.
 
 from __future__ import annotations
 
-from sidecar.api import health, native, oip, openai, openapi, rerank
+from sidecar.api import batches, health, jobs, native, oip, openai, openapi, rerank
 
-PROTOCOLS = (native, openai, rerank, oip, openapi)
+PROTOCOLS = (native, openai, rerank, oip, jobs, batches, openapi)
 # Path prefix -> the error shape of a protocol that has its own (the middleware renders it).
 ERROR_BODIES = {oip.PATH_PREFIX: oip.error_body}
 
-__all__ = ["ERROR_BODIES", "PROTOCOLS", "health", "native", "oip", "openai", "openapi", "rerank"]
+__all__ = [
+    "ERROR_BODIES",
+    "PROTOCOLS",
+    "batches",
+    "health",
+    "jobs",
+    "native",
+    "oip",
+    "openai",
+    "openapi",
+    "rerank",
+]

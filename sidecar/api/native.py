@@ -131,23 +131,41 @@ async def predict(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     served = wire.model_for(request, request.match_info.get("model"), "embed", "classify")
     data = await wire.read_json(request)
+    body = await respond(
+        service, data, served=served, deadline=wire.deadline(request), since=request[ARRIVED_AT]
+    )
+    return wire.json_response(body)
+
+
+async def respond(
+    service: Service,
+    data: dict[str, Any],
+    *,
+    served: ServedModel | None = None,
+    deadline: float | None,
+    since: float,
+    bulk: bool = False,
+) -> dict[str, Any]:
+    """The response body of a predict request body (`served`: the model the URL names, else
+    the served one; `since`: the monotonic arrival; `bulk`: a job's item)."""
+    if served is None:
+        served = wire.served_model(service, None, "/v1/predict", "embed", "classify")
     parsed = PredictRequest.parse(data, limits=Limits.of(service.settings))
     inference = await served.engine.infer(
         TextInputs(parsed.texts, truncate=parsed.truncate, normalize=parsed.normalize),
-        deadline=wire.deadline(request),
+        deadline=deadline,
+        bulk=bulk,
     )
     tokens = inference.num_tokens
-    return wire.json_response(
-        {
-            "id": "pred_" + uuid.uuid4().hex[:24],
-            "model": served.name,
-            "model_version": served.version,
-            "created": int(time.time()),
-            "results": _results(inference.result),
-            "usage": {"input_tokens": tokens, "total_tokens": tokens},
-            "latency_ms": round((time.monotonic() - request[ARRIVED_AT]) * 1000.0, 3),
-        }
-    )
+    return {
+        "id": "pred_" + uuid.uuid4().hex[:24],
+        "model": served.name,
+        "model_version": served.version,
+        "created": int(time.time()),
+        "results": _results(inference.result),
+        "usage": {"input_tokens": tokens, "total_tokens": tokens},
+        "latency_ms": round((time.monotonic() - since) * 1000.0, 3),
+    }
 
 
 def _results(result: Result) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -29,6 +29,9 @@ from sidecar.api.schema import (
 )
 from sidecar.errors import InvalidInputError
 from sidecar.models import Embeddings, TextInputs
+
+if TYPE_CHECKING:
+    from sidecar.serving import Service
 
 EMBEDDINGS = Object(
     {
@@ -88,15 +91,22 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     """`POST /v1/embeddings`."""
     service = request.app[SERVICE]
     data = await wire.read_json(request)
+    return wire.json_response(await respond(service, data, deadline=wire.deadline(request)))
+
+
+async def respond(
+    service: Service, data: dict[str, Any], *, deadline: float | None, bulk: bool = False
+) -> dict[str, Any]:
+    """The response body of an embeddings request body (`bulk`: a job's item)."""
     parsed = EmbeddingsRequest.parse(data, limits=Limits.of(service.settings))
-    served = wire.model_for(request, parsed.model, "embed")
+    served = wire.served_model(service, parsed.model, "/v1/embeddings", "embed")
     card = served.engine.card
     if parsed.dimensions is not None and parsed.dimensions != card.embedding_dim:
         raise InvalidInputError(
             f"'dimensions' must be {card.embedding_dim} for model '{served.name}'"
         )
     inference = await served.engine.infer(
-        TextInputs(parsed.texts, truncate=parsed.truncate), deadline=wire.deadline(request)
+        TextInputs(parsed.texts, truncate=parsed.truncate), deadline=deadline, bulk=bulk
     )
     assert isinstance(inference.result, Embeddings)
     data_out: list[dict[str, Any]] = [
@@ -112,14 +122,12 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         for index, row in enumerate(inference.result.vectors)
     ]
     tokens = inference.num_tokens
-    return wire.json_response(
-        {
-            "object": "list",
-            "data": data_out,
-            "model": served.name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-    )
+    return {
+        "object": "list",
+        "data": data_out,
+        "model": served.name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 _EMBEDDINGS_RESPONSE: JsonSchema = record(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -30,6 +30,9 @@ from sidecar.api.schema import (
     Texts,
 )
 from sidecar.models import PairInputs, Scores
+
+if TYPE_CHECKING:
+    from sidecar.serving import Service
 
 RERANK = Object(
     {
@@ -94,13 +97,21 @@ async def rerank(request: web.Request) -> web.StreamResponse:
     """`POST /v1/rerank`."""
     service = request.app[SERVICE]
     data = await wire.read_json(request)
+    return wire.json_response(await respond(service, data, deadline=wire.deadline(request)))
+
+
+async def respond(
+    service: Service, data: dict[str, Any], *, deadline: float | None, bulk: bool = False
+) -> dict[str, Any]:
+    """The response body of a rerank request body (`bulk`: a job's item)."""
     parsed = RerankRequest.parse(data, limits=Limits.of(service.settings))
-    served = wire.model_for(request, parsed.model, "rerank")
+    served = wire.served_model(service, parsed.model, "/v1/rerank", "rerank")
     inference = await served.engine.infer(
         PairInputs(
             parsed.query, parsed.documents, truncate=parsed.truncate, raw_scores=parsed.raw_scores
         ),
-        deadline=wire.deadline(request),
+        deadline=deadline,
+        bulk=bulk,
     )
     assert isinstance(inference.result, Scores)
     scores = inference.result.values
@@ -111,14 +122,12 @@ async def rerank(request: web.Request) -> web.StreamResponse:
         if parsed.return_documents:
             result["document"] = {"text": parsed.documents[index]}
         results.append(result)
-    return wire.json_response(
-        {
-            "id": "rerank_" + uuid.uuid4().hex[:24],
-            "model": served.name,
-            "results": results,
-            "usage": {"total_tokens": inference.num_tokens},
-        }
-    )
+    return {
+        "id": "rerank_" + uuid.uuid4().hex[:24],
+        "model": served.name,
+        "results": results,
+        "usage": {"total_tokens": inference.num_tokens},
+    }
 
 
 _RESULT: JsonSchema = {

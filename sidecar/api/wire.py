@@ -26,7 +26,7 @@ from sidecar.errors import (
 )
 
 if TYPE_CHECKING:
-    from sidecar.serving import ServedModel
+    from sidecar.serving import ServedModel, Service
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -55,11 +55,21 @@ def model_for(request: web.Request, name: str | None, *tasks: str) -> ServedMode
         ModelNotFoundError, NotReadyError: from the service.
         UnsupportedTaskError: the model serves another task.
     """
-    served = request.app[SERVICE].model(name)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else request.path
+    return served_model(request.app[SERVICE], name, route, *tasks)
+
+
+def served_model(service: Service, name: str | None, route: str, *tasks: str) -> ServedModel:
+    """The served model `name` names, if it serves one of `tasks` (those `route` takes).
+
+    Raises:
+        ModelNotFoundError, NotReadyError: from the service.
+        UnsupportedTaskError: the model serves another task.
+    """
+    served = service.model(name)
     task = served.engine.card.task
     if task not in tasks:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else request.path
         raise UnsupportedTaskError(
             f"model '{served.name}' serves '{task}', which {route} does not take"
         )
@@ -84,8 +94,13 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return parse_json(await read_body(request))
 
 
-async def read_body(request: web.Request) -> bytearray:
+async def read_body(
+    request: web.Request, max_bytes: int | None = None, *, deadline_s: float | None = None
+) -> bytearray:
     """The body: uncompressed, within the body limit, in by the deadline.
+
+    A route of bulk work (jobs) gives its own `max_bytes` and `deadline_s` (from arrival); its
+    body is not charged to the shared body budget (it bounds its bodies itself).
 
     A declared length over the limit is refused before anything is read; a chunked body is cut
     as soon as it passes the limit, never buffered beyond it.
@@ -96,7 +111,8 @@ async def read_body(request: web.Request) -> bytearray:
         PayloadTooLargeError: the body is larger than SIDECAR_MAX_BODY_BYTES.
         RequestTimeoutError: the body did not arrive before the request's deadline.
     """
-    max_bytes = request.app[SERVICE].settings.max_body_bytes
+    charged = max_bytes is None
+    max_bytes = request.app[SERVICE].settings.max_body_bytes if max_bytes is None else max_bytes
     coding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if coding not in ("", "identity"):
         raise UnsupportedEncodingError(
@@ -105,7 +121,7 @@ async def read_body(request: web.Request) -> bytearray:
     length = request.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLargeError(f"the body has {length} bytes; at most {max_bytes} are allowed")
-    due = deadline(request)
+    due = deadline(request) if deadline_s is None else request[ARRIVED_AT] + deadline_s
     if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the response proper has not started
@@ -114,7 +130,8 @@ async def read_body(request: web.Request) -> bytearray:
     try:
         async with asyncio.timeout(due - time.monotonic()):
             async for chunk in request.content.iter_any():
-                budget.charge(request, len(chunk))
+                if charged:
+                    budget.charge(request, len(chunk))
                 body += chunk
                 if len(body) > max_bytes:
                     raise PayloadTooLargeError(
