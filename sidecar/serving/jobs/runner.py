@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CHUNK = 256  # input lines per micro-batch: enough for the batcher to group lengths
+AHEAD = 2  # micro-batches running at once
 INTERRUPTIONS = (BatcherClosedError, DeviceFailedError, UnavailableError)
 RETRY_S = 1.0  # after an interruption, the wait before the micro-batch runs again
 _SMOOTHING = 0.3  # weight of the newest micro-batch in the drain rate
@@ -43,6 +45,21 @@ class ItemError:
     status: int
     code: str
     message: str
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+@dataclass
+class _Chunk:
+    """A micro-batch: its first index, its lines (each with the input offset past it), and
+    the outcomes of its items as they run."""
+
+    first: int
+    lines: list[tuple[bytes, int]]
+    outcomes: asyncio.Future[list[Any]]
 
 
 class LineFormat(Protocol):
@@ -99,7 +116,7 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._current: str | None = None
-        self._chunk: asyncio.Future[Any] | None = None
+        self._chunks: deque[_Chunk] = deque()  # the micro-batches of the job running
         self._rate = 0.0  # items per second of the job running, smoothed
 
     def start(self) -> None:
@@ -135,8 +152,9 @@ class JobRunner:
             job = await self._call(self._store.finish, job_id, Status.CANCELLED)
         elif job.status is Status.RUNNING:
             job = await self._call(self._store.transition, job_id, Status.CANCELLING)
-            if self._current == job_id and self._chunk is not None:
-                self._chunk.cancel()
+            if self._current == job_id:
+                for chunk in self._chunks:
+                    chunk.outcomes.cancel()
         elif job.status is not Status.CANCELLING:
             await self._call(self._store.transition, job_id, Status.CANCELLING)  # raises
         self._changed(job)
@@ -194,59 +212,82 @@ class JobRunner:
         self._changed(failed)
 
     async def _run(self, job: Job) -> Job:
-        """Run micro-batches until the input ends or the job stops running; the job then."""
+        """Run micro-batches until the input ends or the job stops running; the job then.
+
+        `AHEAD` micro-batches run at once, so the bulk lane never runs dry while one commits;
+        they commit in input order.
+        """
         line_format = self._formats[job.kind]
         self._current, self._rate = job.id, 0.0
+        self._chunks = pending = deque[_Chunk]()
+        offset, index, began = job.input_offset, job.next_index, time.monotonic()
         try:
             while True:
-                began = time.monotonic()
-                lines = await self._call(self._store.read_lines, job, job.input_offset, CHUNK)
-                if not lines:
-                    return job
-                first = job.next_index
-                self._chunk = asyncio.gather(
-                    *(
-                        self._item(line_format, job, line, first + i)
+                while len(pending) < AHEAD:
+                    lines = await self._call(self._store.read_lines, job, offset, CHUNK)
+                    if not lines:
+                        break
+                    runs = (
+                        self._item(line_format, job, line, index + i)
                         for i, (line, _) in enumerate(lines)
-                    ),
-                    return_exceptions=True,
-                )
+                    )
+                    running = asyncio.gather(*runs, return_exceptions=True)
+                    # A cancelled gather may end with CancelledError set: never left unread.
+                    running.add_done_callback(_retrieve)
+                    pending.append(_Chunk(index, lines, running))
+                    index, offset = index + len(lines), lines[-1][1]
+                if not pending:
+                    return job
+                chunk = pending[0]
                 try:
-                    outcomes = await self._chunk
+                    outcomes = await chunk.outcomes
                 except asyncio.CancelledError:
                     if self._task is not None and self._task.cancelling():
                         raise  # the runner stops
                     return await self._call(self._store.job, job.id)  # the job was cancelled
-                for outcome in outcomes:
-                    if isinstance(outcome, BaseException):
-                        raise outcome
-                done = cast(list[tuple[bool, bytes]], outcomes)
-                apart = line_format.errors_apart
-                output = b"".join(line + b"\n" for ok, line in done if ok or not apart)
-                errors = b"".join(line + b"\n" for ok, line in done if apart and not ok)
-                completed = sum(1 for ok, _ in done if ok)
-                committed = await self._call(
-                    self._store.commit_chunk,
-                    job,
-                    first_index=first,
-                    next_index=first + len(lines),
-                    input_offset=lines[-1][1],
-                    output=output,
-                    errors=errors,
-                    completed=completed,
-                    failed=len(lines) - completed,
-                )
+                pending.popleft()
+                committed = await self._commit(job, line_format, chunk, outcomes)
                 if committed is None:  # cancelled while the micro-batch ran
                     return await self._call(self._store.job, job.id)
-                self._on_items(completed, len(lines) - completed)
-                rate = len(lines) / max(time.monotonic() - began, 1e-6)
+                now = time.monotonic()
+                rate, began = len(chunk.lines) / max(now - began, 1e-6), now
                 self._rate = (
                     rate if self._rate == 0 else self._rate + _SMOOTHING * (rate - self._rate)
                 )
                 job = committed
                 self._changed(job)
         finally:
-            self._current = self._chunk = None
+            for chunk in pending:
+                chunk.outcomes.cancel()
+            self._current = None
+            self._chunks = deque()
+
+    async def _commit(
+        self, job: Job, line_format: LineFormat, chunk: _Chunk, outcomes: list[Any]
+    ) -> Job | None:
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        done = cast(list[tuple[bool, bytes]], outcomes)
+        apart = line_format.errors_apart
+        output = b"".join(line + b"\n" for ok, line in done if ok or not apart)
+        errors = b"".join(line + b"\n" for ok, line in done if apart and not ok)
+        completed = sum(1 for ok, _ in done if ok)
+        failed = len(done) - completed
+        committed = await self._call(
+            self._store.commit_chunk,
+            job,
+            first_index=chunk.first,
+            next_index=chunk.first + len(done),
+            input_offset=chunk.lines[-1][1],
+            output=output,
+            errors=errors,
+            completed=completed,
+            failed=failed,
+        )
+        if committed is not None:
+            self._on_items(completed, failed)
+        return committed
 
     async def _item(
         self, line_format: LineFormat, job: Job, line: bytes, index: int
