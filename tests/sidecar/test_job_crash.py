@@ -83,6 +83,7 @@ async def start(tmp_path: Path, socket_dir: str, jobs: Path, model: Path, name: 
     return process
 
 
+@pytest.mark.slow
 async def test_kill_9_mid_batch_then_restart_holds_every_custom_id_once(
     processes: list[Process], socket_dir: str, tmp_path: Path, tiny_embed_dir: Path
 ) -> None:

@@ -114,13 +114,12 @@ class Jobs:
             StorageFullError: the disk budget has no room for it.
         """
         job_id = new_id("job_" if kind == "job" else "batch_")
-        input_bytes = sum(len(line) + 1 for line in inputs or ())
         job = Job(
             id=job_id, kind=kind, status=Status.QUEUED, endpoint=endpoint, created_at=time.time(),
             started_at=None, finalizing_at=None, cancelling_at=None, finished_at=None,
             total=total, completed=0, failed=0, next_index=0, input_offset=0,
             input_path=f"jobs/{job_id}/input" if input_file is None else input_file.path,
-            input_bytes=input_bytes, output_bytes=0, error_bytes=0, parameters=parameters,
+            input_bytes=0, output_bytes=0, error_bytes=0, parameters=parameters,
             metadata=metadata, callback_url=callback_url,
             input_file_id=None if input_file is None else input_file.id, output_file_id=None,
             error_file_id=None, error=None, completion_window=completion_window,

@@ -18,6 +18,7 @@ Not thread-safe: one thread (the `Jobs` store thread) makes every call; never th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sqlite3
@@ -216,6 +217,7 @@ class JobStore:
         directory.mkdir(parents=True, exist_ok=True)
         if inputs is not None:
             spool.write_lines(directory / "input", inputs)
+            job = dataclasses.replace(job, input_bytes=size)
         with self._tx() as db:
             db.execute(_insert("jobs", JOB_COLUMNS), [getattr(job, name) for name in JOB_COLUMNS])
         return self.job(job.id)
