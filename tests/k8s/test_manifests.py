@@ -46,9 +46,15 @@ def function_node(path: Path, name: str) -> ast.FunctionDef:
 
 def read_env_names() -> set[str]:
     """The SIDECAR_* variables the settings read: every `from_env` of sidecar/config.py
-    (`Settings.from_env` and those of the settings groups it reads)."""
-    tree = ast.parse((REPO / "sidecar" / "config.py").read_text())
-    readers = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "from_env"]
+    (`Settings.from_env` and those of the settings groups it reads) and of the settings modules
+    of features (`sidecar/*_settings.py`)."""
+    paths = [REPO / "sidecar" / "config.py", *sorted((REPO / "sidecar").glob("*_settings.py"))]
+    readers = [
+        n
+        for path in paths
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.FunctionDef) and n.name == "from_env"
+    ]
     return {
         node.value
         for reader in readers
