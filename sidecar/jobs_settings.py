@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sidecar.environ import EnvReader, float_in, int_in, nonempty
+from sidecar.errors import ConfigError
 
 DEFAULT_MAX_BYTES = 10 << 30
 DEFAULT_MAX_BODY_BYTES = 200 << 20  # OpenAI's own limit on a batch input file
@@ -43,7 +44,7 @@ class JobsSettings:
     def from_env(cls, environ: Mapping[str, str]) -> JobsSettings:
         """Raises ConfigError naming the variable, the value and what is accepted."""
         env = EnvReader(environ)
-        return cls(
+        settings = cls(
             dir=env.get("SIDECAR_JOBS_DIR", nonempty, None),
             retention_s=env.get("SIDECAR_JOB_RETENTION_S", float_in(1.0, 1e8), 86400.0),
             max_bytes=env.get("SIDECAR_JOBS_MAX_BYTES", int_in(1, 1 << 50), DEFAULT_MAX_BYTES),
@@ -54,6 +55,14 @@ class JobsSettings:
             callback_allow=env.get("SIDECAR_JOB_CALLBACK_ALLOW", origins, ()),
             callback_secret_file=env.get("SIDECAR_JOB_CALLBACK_SECRET_FILE", nonempty, None),
         )
+        if settings.callback_allow and settings.callback_secret_file is None:
+            raise ConfigError(
+                "SIDECAR_JOB_CALLBACK_ALLOW",
+                environ.get("SIDECAR_JOB_CALLBACK_ALLOW", ""),
+                "unset, unless SIDECAR_JOB_CALLBACK_SECRET_FILE names the secret that signs "
+                "callbacks",
+            )
+        return settings
 
     def public(self) -> dict[str, object]:
         """As served at /v1/info: where the secret lives is redacted."""

@@ -11,19 +11,23 @@ import socket
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from sidecar.api import batches
+from sidecar.api import jobs as jobs_api
 from sidecar.api.job_lines import BatchLines, NativeLines
 from sidecar.app import build_api_app, build_health_app
 from sidecar.auth import BearerToken
+from sidecar.callbacks import Callbacks, load_secret
 from sidecar.config import Settings
 from sidecar.errors import StartupError
 from sidecar.health_port import HEALTH_LIMITS, HealthPort
 from sidecar.metrics import Metrics
 from sidecar.middleware import INTERNAL, reply_for
 from sidecar.serving import Phase, Service
-from sidecar.serving.jobs import ItemError, Jobs, LineFormat
+from sidecar.serving.jobs import ItemError, Job, Jobs, LineFormat
 from sidecar.timeline import Timeline
 from sidecar.tracing import start_tracing
 from sidecar.transport import (
@@ -76,11 +80,16 @@ class Server:
         self._bound_socket: Path | None = None
         self.addresses: dict[str, object] = {}
         self.jobs: Jobs | None = None  # opened by `start` when SIDECAR_JOBS_DIR is set
+        self.callbacks: Callbacks | None = None
 
     async def start(self) -> None:
         """Bind every listener; readiness stays off until `load` finishes."""
         settings = self.settings
         if settings.jobs.dir is not None:
+            secret = settings.jobs.callback_secret_file
+            self.callbacks = Callbacks(
+                load_secret(secret) if secret else None, settings.jobs.callback_allow, _job_view
+            )
             self.jobs = await Jobs.open(settings.jobs)
             self.metrics.watch_jobs(self.jobs)
         api_app = build_api_app(
@@ -136,7 +145,8 @@ class Server:
                 "job": NativeLines(self.service),
                 "batch": BatchLines(self.service),
             }
-            self.jobs.start(lines, _item_error)
+            ended = None if self.callbacks is None else self.callbacks.job_ended
+            self.jobs.start(lines, _item_error, ended)
 
     async def stop(self) -> bool:
         """Drain accepted work, close the listeners, remove the socket; False on drain timeout.
@@ -145,6 +155,8 @@ class Server:
         """
         if self.jobs is not None:
             await self.jobs.close()
+        if self.callbacks is not None:
+            await self.callbacks.close()
         drained = await self.service.drain()
         for runner in reversed(self._runners):
             await runner.cleanup()
@@ -207,6 +219,13 @@ async def serve(
     await server.stop()
     logger.info("stopped")
     return code
+
+
+def _job_view(job: Job) -> tuple[str, dict[str, Any]]:
+    """A callback's event kind and data: the job as its protocol's GET shows it."""
+    if job.kind == "batch":
+        return "batch", batches.batch_view(job)
+    return "job", jobs_api.view(None, job)
 
 
 def _item_error(exc: BaseException) -> ItemError:

@@ -162,9 +162,9 @@ def _check_parameters(endpoint: str, probe: dict[str, Any], limits: Limits) -> N
     schema.parse(probe, limits)
 
 
-def view(jobs: Jobs, job: Job) -> dict[str, Any]:
-    """A job as the native API shows it."""
-    estimate = jobs.estimated_completion(job)
+def view(jobs: Jobs | None, job: Job) -> dict[str, Any]:
+    """A job as the native API shows it (`jobs`: for the estimate, when it still runs)."""
+    estimate = None if jobs is None else jobs.estimated_completion(job)
     return {
         "id": job.id,
         "object": "job",

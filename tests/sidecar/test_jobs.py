@@ -213,6 +213,8 @@ async def test_a_job_resumes_after_a_restart_and_holds_every_input_once(
 async def test_refusals_at_submit(
     start_server: StartServer, tiny_embed_dir: Path, tmp_path: Path
 ) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
     s = await start_jobs(
         start_server,
         tiny_embed_dir,
@@ -220,6 +222,7 @@ async def test_refusals_at_submit(
         SIDECAR_JOB_MAX_INPUTS="5",
         SIDECAR_JOB_MAX_BODY_BYTES="2048",
         SIDECAR_JOB_CALLBACK_ALLOW="http://127.0.0.1:9",
+        SIDECAR_JOB_CALLBACK_SECRET_FILE=str(secret),
     )
     cases: list[tuple[dict[str, Any], int, str]] = [
         ({"endpoint": "/v1/predict", "inputs": ["a"] * 6}, 413, "too_many_inputs"),

@@ -19,7 +19,7 @@ from typing import IO, Any, TypeVar
 from sidecar.jobs_settings import JobsSettings
 from sidecar.serving.jobs.records import Job, StoredFile
 from sidecar.serving.jobs.runner import ItemError, JobRunner, LineFormat
-from sidecar.serving.jobs.states import Status
+from sidecar.serving.jobs.states import TERMINAL, Status
 from sidecar.serving.jobs.store import JobStore, new_id
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class Jobs:
         self._store = store
         self._thread = thread
         self._runner: JobRunner | None = None
+        self._ended: Callable[[Job], None] | None = None
         self._sweeping: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self._submitting = asyncio.Semaphore(1)  # job bodies held in memory: one at a time
@@ -56,9 +57,14 @@ class Jobs:
         return jobs
 
     def start(
-        self, formats: Mapping[str, LineFormat], describe: Callable[[BaseException], ItemError]
+        self,
+        formats: Mapping[str, LineFormat],
+        describe: Callable[[BaseException], ItemError],
+        ended: Callable[[Job], None] | None = None,
     ) -> None:
-        """Start running jobs (those a restart left running resume) and the retention sweep."""
+        """Start running jobs (those a restart left running resume) and the retention sweep;
+        `ended` is called with each job that ends (for its callback)."""
+        self._ended = ended
         self._runner = JobRunner(
             self.call, self._store, formats, describe, changed=self._on_change,
             on_items=self._on_items,
@@ -194,6 +200,8 @@ class Jobs:
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _on_change(self, job: Job) -> None:
+        if self._ended is not None and job.status in TERMINAL:
+            self._ended(job)
         asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:
