@@ -16,6 +16,7 @@ SIDECAR_JOB_MAX_BODY_BYTES and SIDECAR_JOB_MAX_INPUTS inputs (413 beyond).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -102,9 +103,9 @@ def routes() -> list[web.RouteDef]:
 
 
 async def read_bulk_json(request: web.Request, jobs: Jobs) -> dict[str, Any]:
-    """A job body: up to SIDECAR_JOB_MAX_BODY_BYTES, one held at a time."""
+    """A job body: up to SIDECAR_JOB_MAX_BODY_BYTES, decoded off the loop (it may be large)."""
     body = await wire.read_body(request, jobs.settings.max_body_bytes, deadline_s=UPLOAD_DEADLINE_S)
-    return wire.parse_json(body)
+    return await asyncio.to_thread(wire.parse_json, body)
 
 
 def check_callback(jobs: Jobs, url: str | None) -> None:
@@ -138,7 +139,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
         check_callback(jobs, body["callback_url"])
         probe = job_lines.request_body(endpoint, _PROBES[endpoint], parameters)
         _check_parameters(endpoint, probe, limits)
-        lines = [orjson.dumps(value) for value in inputs]
+        lines = await asyncio.to_thread(_lines, inputs)
         del inputs
         job = await jobs.submit(
             "job",
@@ -153,6 +154,10 @@ async def submit(request: web.Request) -> web.StreamResponse:
     response = wire.json_response(view(jobs, job), status=202)
     response.headers["Location"] = location
     return response
+
+
+def _lines(inputs: list[Any]) -> list[bytes]:
+    return [orjson.dumps(value) for value in inputs]
 
 
 def _check_parameters(endpoint: str, probe: dict[str, Any], limits: Limits) -> None:

@@ -12,6 +12,9 @@ import aiohttp
 import pytest
 
 from tests.sidecar.conftest import Running, StartServer
+from tests.sidecar.test_event_loop import slow_steps
+
+__all__ = ["slow_steps"]  # the fixture
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -287,3 +290,19 @@ async def test_a_full_disk_budget_refuses_new_jobs_and_keeps_the_old(
     assert 'sidecar_jobs{status="completed"} 1.0' in text
     assert 'sidecar_job_items_total{outcome="completed"} 50.0' in text
     assert "sidecar_job_backlog_items 0.0" in text
+
+
+async def test_a_large_job_never_blocks_the_event_loop(
+    start_server: StartServer, tiny_embed_dir: Path, tmp_path: Path, slow_steps: list[str]
+) -> None:
+    s = await start_jobs(start_server, tiny_embed_dir, tmp_path)
+    inputs = [f"text {i} " * (1 + i % 30) for i in range(100_000)]
+    job = await submit(s.tcp, {"endpoint": "/v1/embeddings", "inputs": inputs})
+    await progress_events(s.uds, job["id"], lambda j: j["progress"]["completed"] >= 2000)
+    async with s.tcp.post("/v1/predict", json={"inputs": ["interactive"]}) as r:
+        assert r.status == 200
+    assert len(await results(s.tcp, job["id"], limit=10_000)) >= 2000
+    async with s.tcp.post(f"/v1/jobs/{job['id']}/cancel") as r:
+        assert r.status == 200
+    await wait_status(s.tcp, job["id"])
+    assert slow_steps == []
