@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,8 @@ async def test_kill_9_mid_batch_then_restart_holds_every_custom_id_once(
         # The same file again, never interrupted: the same output.
         again = await wait_for(session, base, await create_batch(session, base, data))
         reference = await output(session, base, again)
+    second.proc.send_signal(signal.SIGTERM)  # and a drain with jobs on ends cleanly
+    assert await asyncio.wait_for(second.proc.wait(), 60) == 0
     assert len(reference) == LINES
     for got, want in zip(lines, reference, strict=True):
         assert got["custom_id"] == want["custom_id"]
