@@ -413,6 +413,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         padded_tokens = self.config.padded_tokens(size, longest)
         self._admission.observe(size, elapsed)
         self._cost.observe(padded_tokens, elapsed)
+        if not dispatch.bulk:
+            self._bulk.observe_interactive(padded_tokens)
         self._observer.on_batch(dispatch.stats(live, padded_tokens, started, elapsed))
 
     def _run_in_thread(

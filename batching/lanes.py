@@ -3,10 +3,11 @@ interactive items leave.
 
 - A bulk batch goes only on an idle device (no batch running or being prepared) with no
   interactive item queued. An interactive item that arrives meanwhile waits for at most that one
-  bulk batch, and the bulk batch is sized to cost about one short forward pass: at most
-  `knee + floors x overhead` padded tokens by the measured batch cost (`BatchCost`), so
-  `1 + floors` times the cost of the smallest batch (on a GPU, up to its knee, where a pass costs
-  the same whatever it holds). Bulk items are grouped by length like interactive ones.
+  bulk batch, and the bulk batch is sized to cost about one short forward pass: at most the
+  padded tokens of a typical interactive batch (smoothed over the recent ones), and at least
+  `knee + floors x overhead` by the measured batch cost (`BatchCost`): `1 + floors` times the
+  cost of the smallest batch (on a GPU, up to its knee, where a pass costs the same whatever it
+  holds). Bulk items are grouped by length like interactive ones.
 - Starvation guard: once bulk items have waited `guard_s` since the last bulk batch went, the
   next moment the device frees goes to one bulk batch (the interactive batch that would have
   been prepared meanwhile waits for it), so a job keeps moving under constant interactive load,
@@ -33,6 +34,7 @@ ResultT = TypeVar("ResultT")
 # Padded tokens of a bulk batch while the batch cost is still unknown: small enough that on any
 # device one such batch is a short pass.
 UNFITTED_TOKENS = 512
+_SMOOTHING = 0.1  # weight of the newest interactive batch in the typical one
 
 
 class BulkLane(Generic[ItemT, ResultT]):
@@ -51,6 +53,7 @@ class BulkLane(Generic[ItemT, ResultT]):
         self._clock = clock
         self._last_s = clock()  # when the last bulk batch went (or the lane last emptied)
         self._running_since: float | None = None
+        self._typical_tokens = 0.0  # padded tokens of interactive batches, smoothed
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -64,13 +67,19 @@ class BulkLane(Generic[ItemT, ResultT]):
         """Whether the starvation guard asks for the next idle moment."""
         return bool(self.queue) and now - self._last_s >= self.guard_s
 
+    def observe_interactive(self, padded_tokens: int) -> None:
+        """An interactive batch of `padded_tokens` ran."""
+        self._typical_tokens += _SMOOTHING * (padded_tokens - self._typical_tokens)
+
     def token_budget(self, cost: BatchCost, max_tokens: int) -> int:
         """Padded tokens one bulk batch may hold (a lone longer item still goes alone)."""
         if not cost.fitted:
-            return min(max_tokens, UNFITTED_TOKENS)
-        if math.isinf(cost.overhead_tokens):
+            floor = float(UNFITTED_TOKENS)
+        elif math.isinf(cost.overhead_tokens):
             return max_tokens  # tokens cost nothing measurable: a full batch is a short pass
-        return max(1, min(max_tokens, int(cost.knee_tokens + self.floors * cost.overhead_tokens)))
+        else:
+            floor = cost.knee_tokens + self.floors * cost.overhead_tokens
+        return max(1, min(max_tokens, int(max(floor, self._typical_tokens))))
 
     def started(self, now: float) -> None:
         """A bulk batch left the queue."""

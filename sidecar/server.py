@@ -154,13 +154,15 @@ class Server:
         Jobs stop first: the micro-batch in flight is not committed and runs after a restart.
         """
         if self.jobs is not None:
-            await self.jobs.close()
-        if self.callbacks is not None:
-            await self.callbacks.close()
+            await self.jobs.stop()
         drained = await self.service.drain()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        if self.jobs is not None:  # no route reads the store any more
+            await self.jobs.close()
+        if self.callbacks is not None:
+            await self.callbacks.close()
         if self._health is not None:
             await self._health.stop()
             self._health = None

@@ -27,7 +27,12 @@ from sidecar.api import job_lines, native, openai, openapi, rerank, wire
 from sidecar.api.keys import JOBS, REQUEST_ID, SERVICE
 from sidecar.api.openapi import INTEGER, NUMBER, STRING, array, json_content, nullable, record
 from sidecar.api.schema import Choice, Field, JsonSchema, Limits, Object, String, Type
-from sidecar.errors import InvalidInputError, JobsDisabledError, TooManyInputsError
+from sidecar.errors import (
+    InvalidInputError,
+    JobNotFoundError,
+    JobsDisabledError,
+    TooManyInputsError,
+)
 from sidecar.jobs_settings import origin_of
 
 if TYPE_CHECKING:
@@ -267,7 +272,10 @@ async def events(request: web.Request) -> web.StreamResponse:
         await jobs.wait_change(KEEPALIVE_S)
         if time.monotonic() - started >= KEEPALIVE_S:
             await response.write(b": keep-alive\n\n")
-        job = await jobs.get(job_id, "job")
+        try:
+            job = await jobs.get(job_id, "job")
+        except JobNotFoundError:  # deleted meanwhile: the stream ends
+            break
     await response.write_eof()
     return response
 

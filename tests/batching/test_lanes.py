@@ -126,3 +126,12 @@ def test_the_bulk_budget_follows_the_measured_cost() -> None:
     budget = lane.token_budget(cost, 16384)
     assert abs(budget - 40) <= 4  # knee 0 + one floor (40 tokens' worth)
     assert lane.token_budget(cost, 16) == 16  # never past the batch bound
+
+
+def test_the_bulk_budget_grows_to_a_typical_interactive_batch() -> None:
+    lane: BulkLane[int, int] = BulkLane(guard_s=1.0, floors=1.0, clock=time.monotonic)
+    cost = BatchCost()
+    cost.seed((tokens, 0.002 + 0.00005 * tokens) for tokens in (16, 64, 256, 1024, 4096) * 2)
+    for _ in range(100):
+        lane.observe_interactive(320)  # interactive batches of ten 32-token items
+    assert 300 <= lane.token_budget(cost, 16384) <= 320

@@ -72,13 +72,18 @@ class Jobs:
         self._runner.start()
         self._sweeping = asyncio.create_task(self._sweep_loop(), name="job-retention")
 
-    async def close(self) -> None:
-        """Stop the runner (its micro-batch in flight runs again after a restart)."""
+    async def stop(self) -> None:
+        """Stop the runner (its micro-batch in flight runs again after a restart) and the
+        retention sweep; the routes still read the store until `close`."""
         if self._runner is not None:
             await self._runner.stop()
         if self._sweeping is not None:
             self._sweeping.cancel()
             await asyncio.gather(self._sweeping, return_exceptions=True)
+
+    async def close(self) -> None:
+        """`stop`, and close the store and its thread."""
+        await self.stop()
         with contextlib.suppress(RuntimeError):
             await self.call(self._store.close)
         self._thread.shutdown(wait=False)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 from batching import BatcherClosedError, DeviceFailedError
-from sidecar.errors import UnavailableError
+from sidecar.errors import JobConflictError, UnavailableError
 from sidecar.serving.jobs.records import Job
 from sidecar.serving.jobs.states import Status
 from sidecar.serving.jobs.store import JobStore
@@ -181,9 +181,16 @@ class JobRunner:
             except INTERRUPTIONS as exc:
                 logger.info("job %s waits: the engine is not serving (%s)", job.id, exc)
                 await asyncio.sleep(RETRY_S)
+            except JobConflictError:
+                continue  # a cancel changed its status meanwhile: read it again
             except OSError as exc:
                 logger.error("job %s failed: %s", job.id, exc)
                 await self._fail(job, "the job's files could not be read or written")
+                await asyncio.sleep(RETRY_S)  # a job that cannot even fail is not spun on
+            except Exception:
+                logger.exception("job %s failed", job.id)
+                await self._fail(job, "internal error")
+                await asyncio.sleep(RETRY_S)
 
     async def _advance(self, job: Job) -> None:
         store, call = self._store, self._call

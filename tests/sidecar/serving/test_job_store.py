@@ -129,7 +129,11 @@ def test_the_budget_and_retention(tmp_path: Path) -> None:
 def test_settings() -> None:
     allow = "HTTPS://Hooks.example.com:443/, http://127.0.0.1:9000"
     settings = JobsSettings.from_env(
-        {"SIDECAR_JOBS_DIR": "/data", "SIDECAR_JOB_CALLBACK_ALLOW": allow}
+        {
+            "SIDECAR_JOBS_DIR": "/data",
+            "SIDECAR_JOB_CALLBACK_ALLOW": allow,
+            "SIDECAR_JOB_CALLBACK_SECRET_FILE": "/run/secrets/webhook",
+        }
     )
     assert settings.callback_allow == ("https://hooks.example.com", "http://127.0.0.1:9000")
     assert settings.max_inputs == 100_000 and settings.retention_s == 86400
