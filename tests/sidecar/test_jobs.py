@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,7 @@ async def test_results_and_progress_are_readable_while_the_job_runs(
     )
     running = events[-1]
     assert 0 < running["progress"]["completed"] < 6000
+    assert running["estimated_completion"] >= int(time.time()) - 1  # from the drain rate
     partial = await results(s.tcp, job["id"], limit=10_000)
     assert running["progress"]["completed"] <= len(partial) < 6000
     assert [line["index"] for line in partial] == list(range(len(partial)))
