@@ -4,25 +4,13 @@ Callers `submit` items with a cost (token length) and a deadline; the batcher gr
 `prepare` (collation) and `run` (the forward pass) on the device thread (collating the next batch
 on a preparation thread while one runs), and hands each item's result or error back.
 
-When a batch closes:
-- at once when the queued items fill it: `max_size` items, or `max_tokens` padded tokens (items
-  x longest, padded up to `config.buckets`), whichever comes first. Neither is ever exceeded.
-- on an idle device, when the oldest item has waited `window_s` and at least `min_size` items
-  are queued, or when it has waited twice the window whatever the count (nothing waits forever).
-- on an idle device in adaptive mode, earlier, once `min_size` items are queued and the
-  measured arrival rate says no further item is expected before the window runs out (so a
-  lone request is not taxed the whole window).
-While the device is busy the queue fills on its own: the next full batch is prepared while the
-current one runs (exactly one runs at a time), and a partial batch goes when the device frees.
+When a batch closes: at once when full, else by the window (`batching.window`). Two priority
+classes: interactive items, and bulk items (`submit(..., bulk=True)`, for jobs) that run only in
+the capacity interactive items leave (`batching.lanes`).
 
-Which items: the oldest queued item always goes in the next batch (so an item waits for at most
-as many batches as were queued before it), with the items that `select_batch` puts beside it.
-The batcher measures what a batch costs from the batches it runs (`BatchCost`: a floor up to a
-knee of padded tokens, then a cost per token; `seed_costs` fits it to warm-up passes before the
-first batch). Where that is known and a batch may cost more than its floor, the cheapest split
-of the queue decides: lengths stay apart on a CPU, mix up to the knee on a GPU. Otherwise (the
-cost still unknown, or the floor covering a whole batch) the batch fills greedily, least padding
-first, with at most `max_padding` of it padding.
+Which items: the oldest queued item always goes in the next batch, with the items that
+`select_batch` groups beside it (`batching.grouping`), priced by the batch cost measured from the
+batches that ran (`BatchCost`; `seed_costs` fits it to warm-up passes before the first batch).
 Items whose deadline passed or whose caller went away are dropped and never reach `run`; a
 request the queue ahead would hold past its deadline is refused at once (`batching.admission`).
 
@@ -44,7 +32,6 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from batching.admission import Admission
@@ -52,6 +39,7 @@ from batching.arrivals import ArrivalRate
 from batching.config import BatchConfig
 from batching.costs import BatchCost
 from batching.device import Device
+from batching.dispatch import Dispatch
 from batching.errors import (
     BatcherClosedError,
     BatchOutputError,
@@ -59,23 +47,16 @@ from batching.errors import (
     ItemTooLargeError,
     QueueFullError,
 )
-from batching.observer import BatchObserver, BatchStats
-from batching.queue import Entry, ItemQueue, fail
+from batching.lanes import BulkLane
+from batching.observer import BatchObserver
+from batching.queue import Entry, ItemQueue, fail, withdraw
+from batching.window import close_in
 
 logger = logging.getLogger(__name__)
 
 ItemT = TypeVar("ItemT")
 PreparedT = TypeVar("PreparedT")
 ResultT = TypeVar("ResultT")
-
-
-@dataclass
-class _Dispatch:
-    # Another batch runs: collate on the preparation thread meanwhile (idle: on the device's).
-    overlap: bool
-    wait_s: float
-    observe_from: float | None
-    dispatched_at: float
 
 
 class Batcher(Generic[ItemT, PreparedT, ResultT]):
@@ -126,6 +107,9 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         self._prepare_executor = prepare_executor or ThreadPoolExecutor(1, "batch-prepare")
         self._clock = clock
         self._queue: ItemQueue[ItemT, ResultT] = ItemQueue()
+        self._bulk: BulkLane[ItemT, ResultT] = BulkLane(
+            config.bulk_guard_s, config.bulk_floors, clock
+        )
         self._seq = itertools.count()
         self._arrivals = ArrivalRate()
         self._admission = Admission(config.queue_max)
@@ -139,8 +123,13 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
 
     @property
     def queue_depth(self) -> int:
-        """Items queued and not yet in a batch."""
+        """Interactive items queued and not yet in a batch."""
         return len(self._queue)
+
+    @property
+    def bulk_depth(self) -> int:
+        """Bulk items queued and not yet in a batch."""
+        return len(self._bulk)
 
     @property
     def batch_overhead_tokens(self) -> float | None:
@@ -183,7 +172,12 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             self._former = asyncio.create_task(self._form_loop(), name="batcher-former")
 
     async def submit(
-        self, items: Sequence[ItemT], costs: Sequence[int], *, deadline: float | None = None
+        self,
+        items: Sequence[ItemT],
+        costs: Sequence[int],
+        *,
+        deadline: float | None = None,
+        bulk: bool = False,
     ) -> list[ResultT]:
         """Queue `items` and return their results in order.
 
@@ -191,6 +185,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             items: the request's items; all are accepted or none.
             costs: per-item cost (token length), at most `config.max_tokens` each.
             deadline: monotonic time by which results are needed.
+            bulk: the lower priority class (`batching.lanes`): no admission bound, the caller
+                bounds what it queues.
 
         Raises:
             QueueFullError: the queue cannot take the items now: full, or its items ahead
@@ -216,7 +212,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             self._observer.on_reject("deadline", len(items))
             raise DeadlineExceededError("the deadline passed before the request was queued")
         try:
-            self._admission.check(len(self._queue), len(items), now, deadline)
+            if not bulk:
+                self._admission.check(len(self._queue), len(items), now, deadline)
         except QueueFullError:
             self._observer.on_reject("queue_full", len(items))
             raise
@@ -227,8 +224,11 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             Entry(item, cost, padded(cost), deadline, now, new_future(), next(self._seq), tag)
             for item, cost in zip(items, costs, strict=True)
         ]
-        self._queue.add(entries)
-        self._arrivals.record(now, len(entries))
+        if bulk:
+            self._bulk.queue.add(entries)
+        else:
+            self._queue.add(entries)
+            self._arrivals.record(now, len(entries))
         self._wakeup.set()
         try:
             async with asyncio.timeout(None if deadline is None else deadline - now):
@@ -254,7 +254,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._former = None
-        fail(self._queue.clear(), lambda: BatcherClosedError("the batcher stopped"))
+        stopped = self._queue.clear() + self._bulk.queue.clear()
+        fail(stopped, lambda: BatcherClosedError("the batcher stopped"))
         if self._owns_prepare:
             self._prepare_executor.shutdown(wait=False, cancel_futures=True)
         self._device.shutdown()
@@ -275,9 +276,14 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
 
     def _try_dispatch(self, now: float) -> float:
         """Dispatch a batch if one should go now; else return how long to wait (inf: for news)."""
-        oldest = self._queue.oldest(now)
-        if oldest is None or self._inflight >= 2:
+        if self._inflight >= 2:
             return math.inf
+        oldest = self._queue.oldest(now)
+        if self._inflight == 0 and self._bulk.due(now, interactive_waiting=oldest is not None):
+            self._dispatch(now, self.token_budget(now), full_only=False, bulk=True)
+            return 0.0
+        if oldest is None or (self._inflight and self._bulk.overdue(now)):
+            return math.inf  # nothing to do, or the device frees for the starving bulk lane
         config, queued = self.config, len(self._queue)
         budget = self.token_budget(now)
         might_fill = queued >= config.max_size or queued * self._queue.largest_length() > budget
@@ -286,24 +292,22 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             return 0.0
         if self._inflight:
             return math.inf
-        waited = now - oldest.enqueued_at
-        enough = queued >= config.min_size
-        if (
-            (enough and waited >= config.window_s)
-            or waited >= 2 * config.window_s
-            or (
-                enough
-                and config.adaptive
-                and self._arrivals.expected(config.window_s - waited) < 1.0
-            )
-        ):
+        wait_s = close_in(
+            config,
+            waited=now - oldest.enqueued_at,
+            queued=queued,
+            expected=self._arrivals.expected,
+        )
+        if wait_s == 0.0:
             self._dispatch(now, budget, full_only=False)
-            return 0.0
-        return (config.window_s if enough else 2 * config.window_s) - waited
+        return wait_s
 
-    def _dispatch(self, now: float, budget: int, *, full_only: bool) -> bool:
-        config = self.config
-        batch = self._queue.take(
+    def _dispatch(self, now: float, budget: int, *, full_only: bool, bulk: bool = False) -> bool:
+        config, queue = self.config, self._bulk.queue if bulk else self._queue
+        if bulk:
+            budget = min(budget, self._bulk.token_budget(self._cost, budget))
+            self._bulk.started(now)
+        batch = queue.take(
             now,
             max_size=config.max_size,
             max_tokens=budget,
@@ -317,11 +321,12 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         idle = self._inflight == 0
         start = max(batch[0].enqueued_at, self._idle_since)
         self._inflight += 1
-        dispatch = _Dispatch(
+        dispatch = Dispatch(
             overlap=not idle,
-            wait_s=now - start if idle else 0.0,
-            observe_from=start if idle and config.adaptive else None,
+            wait_s=now - start if idle and not bulk else 0.0,
+            observe_from=start if idle and config.adaptive and not bulk else None,
             dispatched_at=now,
+            bulk=bulk,
         )
         task = asyncio.create_task(self._process(batch, dispatch), name="batcher-batch")
         self._tasks.add(task)
@@ -330,7 +335,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
 
     # -- running -----------------------------------------------------------------------------
 
-    async def _process(self, batch: list[Entry[ItemT, ResultT]], dispatch: _Dispatch) -> None:
+    async def _process(self, batch: list[Entry[ItemT, ResultT]], dispatch: Dispatch) -> None:
         try:
             loop = asyncio.get_running_loop()
             prepared: PreparedT | None = None
@@ -350,13 +355,16 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
                 self._arrivals.observe(dispatch.observe_from, end)
             if self._inflight == 0:
                 self._idle_since = done
+            if dispatch.bulk:
+                for waited_s in self._bulk.ended(done, self._queue):
+                    self._observer.on_interactive_wait(waited_s)
             self._wakeup.set()
 
     async def _execute(
         self,
         batch: list[Entry[ItemT, ResultT]],
         prepared: PreparedT | None,
-        dispatch: _Dispatch,
+        dispatch: Dispatch,
     ) -> None:
         try:
             run = await self._device.call(self._run_in_thread, batch, prepared)
@@ -390,7 +398,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         results: Sequence[ResultT],
         started: float,
         elapsed: float,
-        dispatch: _Dispatch,
+        dispatch: Dispatch,
     ) -> None:
         if not live:
             return
@@ -405,19 +413,9 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         padded_tokens = self.config.padded_tokens(size, longest)
         self._admission.observe(size, elapsed)
         self._cost.observe(padded_tokens, elapsed)
-        self._observer.on_batch(
-            BatchStats(
-                size=size,
-                padded_tokens=padded_tokens,
-                real_tokens=sum(e.cost for e in live),
-                queue_s=tuple(dispatch.dispatched_at - e.enqueued_at for e in live),
-                wait_s=dispatch.wait_s,
-                inference_s=elapsed,
-                tags=tuple(e.tag for e in live),
-                dispatched_at=dispatch.dispatched_at,
-                started_at=started,
-            )
-        )
+        if not dispatch.bulk:
+            self._bulk.observe_interactive(padded_tokens)
+        self._observer.on_batch(dispatch.stats(live, padded_tokens, started, elapsed))
 
     def _run_in_thread(
         self, batch: list[Entry[ItemT, ResultT]], prepared: PreparedT | None
@@ -431,18 +429,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         results = self._run(prepared)
         return live, results, started, self._clock() - started
 
-    # -- bookkeeping -------------------------------------------------------------------------
-
     def _abandon(self, entries: list[Entry[ItemT, ResultT]], reason: str | None) -> None:
-        count = 0  # under `reason`, the items that never reached a batch (not computed)
-        for entry in entries:
-            future = entry.future
-            if future.done() and not future.cancelled() and future.exception() is None:
-                continue
-            count += not entry.taken
-            entry.dropped = True
-            self._queue.discard(entry)
-            if not future.done():
-                future.cancel()
+        count = withdraw(entries, (self._queue, self._bulk.queue))
         if reason is not None and count:
             self._observer.on_reject(reason, count)

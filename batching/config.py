@@ -25,6 +25,9 @@ class BatchConfig:
             cost is unknown or a batch's floor covers `max_tokens`; the cost split prices padding
             itself (see `select_batch`). It decides which items go, not when.
         oom_cooldown_s: how long the token budget stays halved after an out-of-memory error.
+        bulk_guard_s: bulk items (jobs) wait at most this long between two bulk batches under
+            constant interactive load (see `batching.lanes`).
+        bulk_floors: a bulk batch costs at most `1 + bulk_floors` of the smallest batch.
         buckets: the shapes batches are padded to (see `batching.buckets`); the batcher counts
             padded tokens as they run, `padded_shape`, and the one who collates pads the same
             way. Empty: each batch runs at items x its largest cost.
@@ -39,6 +42,8 @@ class BatchConfig:
     max_padding: float = 1.0
     oom_cooldown_s: float = 30.0
     buckets: Buckets = field(default_factory=Buckets)
+    bulk_guard_s: float = 0.5
+    bulk_floors: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.window_s <= 1.0:
@@ -53,6 +58,8 @@ class BatchConfig:
             raise ValueError(f"queue_max must be >= 1, got {self.queue_max}")
         if not 0.0 <= self.max_padding <= 1.0:
             raise ValueError(f"max_padding must be within [0, 1], got {self.max_padding}")
+        if self.bulk_guard_s <= 0 or self.bulk_floors <= 0:
+            raise ValueError("bulk_guard_s and bulk_floors must be > 0")
         if self.oom_cooldown_s < 0:
             raise ValueError(f"oom_cooldown_s must be >= 0, got {self.oom_cooldown_s}")
 

@@ -20,6 +20,7 @@ class BatchStats:
     tags: tuple[object, ...] = ()
     dispatched_at: float = 0.0
     started_at: float = 0.0
+    bulk: bool = False  # a batch of the bulk lane (jobs; see `batching.lanes`)
 
     @property
     def padding_ratio(self) -> float:
@@ -40,3 +41,7 @@ class BatchObserver:
 
     def on_reject(self, reason: str, count: int) -> None:
         """Called when `count` items are refused or dropped (queue_full, deadline, cancelled)."""
+
+    def on_interactive_wait(self, seconds: float) -> None:
+        """Called for each interactive item that arrived while a bulk batch ran, with how long
+        it waited for that batch to end."""

@@ -49,6 +49,10 @@ class ItemQueue(Generic[ItemT, ResultT]):
         for entry in entries:
             self._entries[entry.seq] = entry
 
+    def entries(self) -> list[Entry[ItemT, ResultT]]:
+        """The queued entries, oldest first."""
+        return list(self._entries.values())
+
     def discard(self, entry: Entry[ItemT, ResultT]) -> None:
         self._entries.pop(entry.seq, None)
 
@@ -124,3 +128,23 @@ def fail(entries: Iterable[Entry[ItemT, ResultT]], error: Callable[[], BaseExcep
         entry.dropped = True
         if not entry.future.done():
             entry.future.set_exception(error())
+
+
+def withdraw(
+    entries: Iterable[Entry[ItemT, ResultT]], queues: Iterable[ItemQueue[ItemT, ResultT]]
+) -> int:
+    """Drop the entries of a caller that went away: out of `queues`, their pending futures
+    cancelled. Returns how many never reached a batch (were not computed)."""
+    queues = list(queues)
+    count = 0
+    for entry in entries:
+        future = entry.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            continue
+        count += not entry.taken
+        entry.dropped = True
+        for queue in queues:
+            queue.discard(entry)
+        if not future.done():
+            future.cancel()
+    return count

@@ -156,6 +156,7 @@ async def fuzz_model(
         "SIDECAR_WARMUP": "false",
         "SIDECAR_DEVICE": "cpu",
         "SIDECAR_AUTH_TOKEN_FILE": str(token_file),
+        "SIDECAR_JOBS_DIR": str(workdir / "jobs"),  # the job routes are fuzzed too
         **({"SIDECAR_MODEL": str(model)} if model is not None else {}),
     }
     with tempfile.TemporaryDirectory(prefix="fz-", dir="/tmp") as socket_dir:
@@ -166,6 +167,7 @@ async def fuzz_model(
             path.write_text(json.dumps(document))
             configured = [str(model)] if model is not None else []
             configured.append(served.socket_path)
+            configured.append(env["SIDECAR_JOBS_DIR"])
             before = await served_requests(served.health_port)
             result = await asyncio.to_thread(
                 schemathesis, served.port, path, workdir, configured=configured, **options

@@ -20,7 +20,8 @@ NEEDLES = ("Traceback", "/work", "/tmp", ".py", "site-packages")
 @schemathesis.check
 def no_internals(ctx: Any, response: Any, case: Any) -> bool | None:
     """No stack trace and no path of the server's files in any response body."""
-    text = response.text or ""
+    # Bodies may be binary (a file's content): what decodes is searched.
+    text = (response.content or b"").decode("utf-8", errors="replace")
     for configured in filter(None, os.environ.get("FUZZ_CONFIGURED", "").split(os.pathsep)):
         text = text.replace(configured, "<configured>")
     sent = _sent(response.request)

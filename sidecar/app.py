@@ -8,13 +8,14 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from sidecar.api import ERROR_BODIES, PROTOCOLS, admin, health, openapi, wire
-from sidecar.api.keys import BODY_BUDGET, METRICS, OPENAPI, SERVICE, TIMELINE
+from sidecar.api.keys import BODY_BUDGET, JOBS, METRICS, OPENAPI, SERVICE, TIMELINE
 from sidecar.api.schema import Limits
 from sidecar.api.wire import BodyBudget
 from sidecar.auth import BearerToken, require_token
 from sidecar.metrics import Metrics
 from sidecar.middleware import ErrorBody, errors_and_accounting
 from sidecar.serving import Service
+from sidecar.serving.jobs import Jobs
 from sidecar.timeline import Timeline
 
 BODY_BUDGET_BODIES = 8
@@ -27,8 +28,11 @@ def build_api_app(
     auth: BearerToken | None,
     *,
     tracing: Middleware | None = None,
+    jobs: Jobs | None = None,
 ) -> web.Application:
     """Every protocol, plus health and metrics: served on loopback TCP and the socket.
+
+    `jobs`: the job store and runner (None: SIDECAR_JOBS_DIR is unset; job routes answer 501).
 
     With a token, every route but the probes asks for it (`sidecar.auth`). Tracing's middleware
     (`sidecar.otel`), when given, goes outermost: its span sees the status that was sent.
@@ -42,6 +46,7 @@ def build_api_app(
     )
     if tracing is not None:
         app.middlewares.insert(0, tracing)
+    app[JOBS] = jobs
     for protocol in PROTOCOLS:
         app.add_routes(_continue_when_read(protocol.routes()))
     app.add_routes(_continue_when_read(health.routes()))

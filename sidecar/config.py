@@ -26,6 +26,7 @@ from sidecar.environ import (
     socket_path,
 )
 from sidecar.errors import ConfigError
+from sidecar.jobs_settings import JobsSettings
 from sidecar.versions_settings import VersionsSettings
 
 # The tasks the contract names (DESIGN section 11). Which of them a snapshot can serve is its
@@ -230,6 +231,8 @@ class Settings:
     tracing: Tracing | None = None
     # Model versions in one pod (DESIGN section 12).
     versions: VersionsSettings = dataclasses.field(default_factory=VersionsSettings)
+    # Jobs (DESIGN section 13), from SIDECAR_JOB(S)_* (see sidecar.jobs_settings).
+    jobs: JobsSettings = dataclasses.field(default_factory=JobsSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -286,6 +289,7 @@ class Settings:
             hf_token=env.get("HF_TOKEN", nonempty, None),
             tracing=Tracing.from_env(environ),
             versions=VersionsSettings.from_env(environ),
+            jobs=JobsSettings.from_env(environ),
         )
         settings.check()
         return settings
@@ -335,6 +339,7 @@ class Settings:
         values["model_sha256"] = self.model_sha256.text if self.model_sha256 else None
         values["tracing"] = self.tracing.public() if self.tracing else None
         values["versions"] = self.versions.public()
+        values["jobs"] = self.jobs.public()
         return values
 
 

@@ -15,11 +15,16 @@
           ├── ModelNotFoundError         404 model_not_found
           │    └── VersionNotFoundError  404 version_not_found
           ├── ConflictError              409 conflict (an admin change the state forbids)
+          ├── JobNotFoundError           404 job_not_found
+          ├── StoredFileNotFoundError    404 file_not_found
+          ├── JobConflictError           409 job_conflict (the job's status does not allow it)
           ├── RequestTimeoutError        408 request_timeout (the body did not arrive in time)
           ├── PayloadTooLargeError       413 payload_too_large
           │    └── TooManyInputsError    413 too_many_inputs
           ├── UnsupportedEncodingError   415 unsupported_encoding (a compressed request body)
           ├── BusyError                  429 server_busy (too many request body bytes held at once)
+          ├── JobsDisabledError          501 jobs_disabled (SIDECAR_JOBS_DIR is unset)
+          ├── StorageFullError           507 storage_full (SIDECAR_JOBS_MAX_BYTES or the disk)
           └── UnavailableError           503
                ├── NotReadyError         503 not_ready (loading)
                ├── DrainingError         503 draining
@@ -134,3 +139,24 @@ class VersionNotReadyError(UnavailableError):
     def __init__(self, message: str, *, retry_after_s: float = 5.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class JobNotFoundError(ApiError):
+    """No job (or batch) of that id is stored here."""
+
+
+class StoredFileNotFoundError(ApiError):
+    """No file of that id is stored here."""
+
+
+class JobConflictError(ApiError):
+    """The job's status does not allow what was asked (cancel a finished job, delete a running
+    one)."""
+
+
+class JobsDisabledError(ApiError):
+    """Jobs need SIDECAR_JOBS_DIR, which is unset."""
+
+
+class StorageFullError(ApiError):
+    """The jobs directory's disk budget (or the disk) has no room for a new job or file."""

@@ -21,6 +21,7 @@ from batching import BatchObserver, BatchStats
 
 if TYPE_CHECKING:
     from sidecar.serving import Agreement, ServedModel, Service
+    from sidecar.serving.jobs import Jobs
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,11 @@ class Metrics(BatchObserver):
             "sidecar_shadow_max_abs_diff", "Classifications: the largest |dp| of any label.",
             buckets=_RATIO_BUCKETS, registry=r,
         )  # fmt: skip
+        self.interactive_wait_on_jobs = Histogram(
+            "sidecar_interactive_wait_on_jobs_seconds",
+            "Time an interactive item waited for a job batch that ran when it arrived.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
 
     def watch(self, service: Service) -> None:
         """Read readiness, queue depth, weight bytes loaded so far and the response cache's
@@ -143,6 +149,13 @@ class Metrics(BatchObserver):
             if agreement.max_abs_diff is not None:
                 self.shadow_max_abs_diff.observe(agreement.max_abs_diff)
 
+    def watch_jobs(self, jobs: Jobs) -> None:
+        """Export the jobs' figures (DESIGN section 13), read at scrape time."""
+        self.registry.register(JobsCollector(jobs))
+
+    def on_interactive_wait(self, seconds: float) -> None:
+        self.interactive_wait_on_jobs.observe(seconds)
+
     def on_loaded(self, served: ServedModel) -> None:
         """Label the served model, record its load time, add the GPU gauges on a GPU."""
         card = served.engine.card
@@ -158,6 +171,8 @@ class Metrics(BatchObserver):
         self.batch_tokens.observe(stats.padded_tokens)
         self.padding_ratio.observe(stats.padding_ratio)
         self.inference_duration.observe(stats.inference_s)
+        if stats.bulk:  # job items queue by design: their waits are not the queue's latency
+            return
         self.batch_wait.observe(stats.wait_s)
         for queued_s in stats.queue_s:
             self.queue_duration.observe(queued_s)
@@ -231,6 +246,36 @@ class VersionsCollector(Collector):
                     requests.add_metric([version.name, role], count)
         yield info
         yield requests
+
+
+JOB_STATUSES = (
+    "queued", "running", "finalizing", "completed", "failed", "cancelling", "cancelled",
+)  # fmt: skip
+
+
+class JobsCollector(Collector):
+    """`sidecar_jobs{status}`, `sidecar_job_items_total{outcome}`, `sidecar_job_backlog_items`:
+    plain values the jobs keep on the event loop, read at scrape time."""
+
+    def __init__(self, jobs: Jobs) -> None:
+        self._jobs = jobs
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        jobs = self._jobs
+        counts = dict(jobs.counts)
+        by_status = GaugeMetricFamily("sidecar_jobs", "Stored jobs, by status.", labels=["status"])
+        for status in JOB_STATUSES:
+            by_status.add_metric([status], counts.get(status, 0))
+        yield by_status
+        items = CounterMetricFamily(
+            "sidecar_job_items", "Job items run, by outcome.", labels=["outcome"]
+        )
+        for outcome, count in dict(jobs.items).items():
+            items.add_metric([outcome], count)
+        yield items
+        yield GaugeMetricFamily(
+            "sidecar_job_backlog_items", "Items of unfinished jobs still to run.", jobs.backlog
+        )
 
 
 # GPU gauges read through NVML at scrape time. The device is looked up by its CUDA UUID, so the

@@ -11,17 +11,24 @@ import socket
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from sidecar.admin_socket import bind_admin_socket, same_user_only
+from sidecar.api import batches
+from sidecar.api import jobs as jobs_api
+from sidecar.api.job_lines import BatchLines, NativeLines
 from sidecar.app import build_admin_app, build_api_app, build_health_app
 from sidecar.auth import BearerToken
+from sidecar.callbacks import Callbacks, load_secret
 from sidecar.config import Settings
 from sidecar.errors import StartupError
 from sidecar.health_port import HEALTH_LIMITS, HealthPort
 from sidecar.metrics import Metrics
+from sidecar.middleware import INTERNAL, reply_for
 from sidecar.serving import Phase, Service
+from sidecar.serving.jobs import ItemError, Job, Jobs, LineFormat
 from sidecar.timeline import Timeline
 from sidecar.tracing import start_tracing
 from sidecar.transport import (
@@ -74,16 +81,26 @@ class Server:
         self._bound_socket: Path | None = None
         self._admin_socket: Path | None = None
         self.addresses: dict[str, object] = {}
+        self.jobs: Jobs | None = None  # opened by `start` when SIDECAR_JOBS_DIR is set
+        self.callbacks: Callbacks | None = None
 
     async def start(self) -> None:
         """Bind every listener; readiness stays off until `load` finishes."""
         settings = self.settings
+        if settings.jobs.dir is not None:
+            secret = settings.jobs.callback_secret_file
+            self.callbacks = Callbacks(
+                load_secret(secret) if secret else None, settings.jobs.callback_allow, _job_view
+            )
+            self.jobs = await Jobs.open(settings.jobs)
+            self.metrics.watch_jobs(self.jobs)
         api_app = build_api_app(
             self.service,
             self.metrics,
             self.timeline,
             self._auth,
             tracing=None if self.tracer is None else self.tracer.middleware(),
+            jobs=self.jobs,
         )
         reserved = RESERVED_FDS + (HEALTH_LIMITS.max_connections if settings.health_port else 0)
         limits = Limits(
@@ -142,13 +159,29 @@ class Server:
         served = await self.service.start(loaded)
         self.metrics.on_loaded(served)
         self.timeline.mark("ready")
+        if self.jobs is not None:  # jobs a restart left running resume now
+            lines: dict[str, LineFormat] = {
+                "job": NativeLines(self.service),
+                "batch": BatchLines(self.service),
+            }
+            ended = None if self.callbacks is None else self.callbacks.job_ended
+            self.jobs.start(lines, _item_error, ended)
 
     async def stop(self) -> bool:
-        """Drain accepted work, close the listeners, remove the socket; False on drain timeout."""
+        """Drain accepted work, close the listeners, remove the socket; False on drain timeout.
+
+        Jobs stop first: the micro-batch in flight is not committed and runs after a restart.
+        """
+        if self.jobs is not None:
+            await self.jobs.stop()
         drained = await self.service.drain()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        if self.jobs is not None:  # no route reads the store any more
+            await self.jobs.close()
+        if self.callbacks is not None:
+            await self.callbacks.close()
         if self._health is not None:
             await self._health.stop()
             self._health = None
@@ -211,6 +244,21 @@ async def serve(
     await server.stop()
     logger.info("stopped")
     return code
+
+
+def _job_view(job: Job) -> tuple[str, dict[str, Any]]:
+    """A callback's event kind and data: the job as its protocol's GET shows it."""
+    if job.kind == "batch":
+        return "batch", batches.batch_view(job)
+    return "job", jobs_api.view(None, job)
+
+
+def _item_error(exc: BaseException) -> ItemError:
+    """A job item's error as the API's error table says it."""
+    row, message, _ = reply_for(exc)
+    if row is INTERNAL:
+        logger.error("a job item failed", exc_info=exc)
+    return ItemError(row.status, row.code, message)
 
 
 def _replace_stale_socket(path: Path) -> None:

@@ -3,6 +3,8 @@
     native    /v1/predict, /v1/models, /v1/info
     openai    /v1/embeddings
     rerank    /v1/rerank (the Cohere / Jina / vLLM shape)
+    jobs      /v1/jobs (durable bulk work; job_lines: the lines of jobs and batches)
+    batches   /v1/files, /v1/batches (the OpenAI Batch API on the same runner)
     oip       /v2 (the Open Inference Protocol: Triton, KServe, MLServer clients)
     health    /livez, /readyz, /startupz, /metrics
     admin     /admin/v1 (model versions; only on the admin socket, never in PROTOCOLS)
@@ -17,9 +19,9 @@ its engine, and renders the result; it never touches a tokenizer or torch.
 
 from __future__ import annotations
 
-from sidecar.api import admin, health, native, oip, openai, openapi, rerank
+from sidecar.api import admin, batches, health, jobs, native, oip, openai, openapi, rerank
 
-PROTOCOLS = (native, openai, rerank, oip, openapi)
+PROTOCOLS = (native, openai, rerank, oip, jobs, batches, openapi)
 # Path prefix -> the error shape of a protocol that has its own (the middleware renders it).
 ERROR_BODIES = {oip.PATH_PREFIX: oip.error_body}
 
@@ -27,7 +29,9 @@ __all__ = [
     "ERROR_BODIES",
     "PROTOCOLS",
     "admin",
+    "batches",
     "health",
+    "jobs",
     "native",
     "oip",
     "openai",

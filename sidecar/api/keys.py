@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from sidecar.api.wire import BodyBudget
     from sidecar.serving import Lease, Service
+    from sidecar.serving.jobs import Jobs
     from sidecar.timeline import Timeline
 
 
@@ -24,6 +25,7 @@ SERVICE: web.AppKey[Service] = web.AppKey("service")
 BODY_BUDGET: web.AppKey[BodyBudget] = web.AppKey("body_budget")
 METRICS: web.AppKey[Exposition] = web.AppKey("metrics")
 TIMELINE: web.AppKey[Timeline] = web.AppKey("timeline")
+JOBS: web.AppKey[Jobs | None] = web.AppKey("jobs")  # None: SIDECAR_JOBS_DIR is unset
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)  # the document, rendered once
 ARRIVED_AT: web.RequestKey[float] = web.RequestKey("arrived_at", float)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

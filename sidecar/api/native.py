@@ -145,27 +145,37 @@ def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
 @wire.inference
 async def predict(request: web.Request) -> web.StreamResponse:
     """`POST /v1/predict` and `POST /v1/models/{model}/predict`."""
-    service = request.app[SERVICE]
-    served = wire.model_for(request, request.match_info.get("model"), "embed", "classify")
+    caller = wire.RequestCaller(request)
+    served = caller.model(None, "embed", "classify")  # before the body: a 404 reads nothing
     data = await wire.read_json(request)
-    parsed = PredictRequest.parse(data, limits=Limits.of(service.settings))
-    inference = await wire.infer(
-        request,
-        served,
-        TextInputs(parsed.texts, truncate=parsed.truncate, normalize=parsed.normalize),
+    return wire.json_response(await respond(caller, data, served=served, since=request[ARRIVED_AT]))
+
+
+async def respond(
+    caller: wire.Caller,
+    data: dict[str, Any],
+    *,
+    served: ServedModel | None = None,
+    since: float,
+) -> dict[str, Any]:
+    """The response body of a predict request body, for a request or a job's item (`served`:
+    the version already chosen, else the caller's; `since`: the monotonic arrival)."""
+    if served is None:
+        served = caller.model(None, "embed", "classify")
+    parsed = PredictRequest.parse(data, limits=Limits.of(caller.service.settings))
+    inference = await caller.infer(
+        served, TextInputs(parsed.texts, truncate=parsed.truncate, normalize=parsed.normalize)
     )
     tokens = inference.num_tokens
-    return wire.json_response(
-        {
-            "id": "pred_" + uuid.uuid4().hex[:24],
-            "model": served.name,
-            "model_version": served.version,
-            "created": int(time.time()),
-            "results": _results(inference.result),
-            "usage": {"input_tokens": tokens, "total_tokens": tokens},
-            "latency_ms": round((time.monotonic() - request[ARRIVED_AT]) * 1000.0, 3),
-        }
-    )
+    return {
+        "id": "pred_" + uuid.uuid4().hex[:24],
+        "model": served.name,
+        "model_version": served.version,
+        "created": int(time.time()),
+        "results": _results(inference.result),
+        "usage": {"input_tokens": tokens, "total_tokens": tokens},
+        "latency_ms": round((time.monotonic() - since) * 1000.0, 3),
+    }
 
 
 def _results(result: Result) -> list[dict[str, Any]]:

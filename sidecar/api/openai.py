@@ -14,7 +14,6 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.api import wire
-from sidecar.api.keys import SERVICE
 from sidecar.api.openapi import (
     INTEGER,
     NUMBER,
@@ -103,18 +102,20 @@ def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
 @wire.inference
 async def embeddings(request: web.Request) -> web.StreamResponse:
     """`POST /v1/embeddings`."""
-    service = request.app[SERVICE]
     data = await wire.read_json(request)
-    parsed = EmbeddingsRequest.parse(data, limits=Limits.of(service.settings))
-    served = wire.model_for(request, request.match_info.get("model", parsed.model), "embed")
+    return wire.json_response(await respond(wire.RequestCaller(request), data))
+
+
+async def respond(caller: wire.Caller, data: dict[str, Any]) -> dict[str, Any]:
+    """The response body of an embeddings request body, for a request or a job's item."""
+    parsed = EmbeddingsRequest.parse(data, limits=Limits.of(caller.service.settings))
+    served = caller.model(parsed.model, "embed")
     card = served.engine.card
     if parsed.dimensions is not None and parsed.dimensions != card.embedding_dim:
         raise InvalidInputError(
             f"'dimensions' must be {card.embedding_dim} for model '{served.name}'"
         )
-    inference = await wire.infer(
-        request, served, TextInputs(parsed.texts, truncate=parsed.truncate)
-    )
+    inference = await caller.infer(served, TextInputs(parsed.texts, truncate=parsed.truncate))
     assert isinstance(inference.result, Embeddings)
     data_out: list[dict[str, Any]] = [
         {
@@ -129,15 +130,13 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         for index, row in enumerate(inference.result.vectors)
     ]
     tokens = inference.num_tokens
-    return wire.json_response(
-        {
-            "object": "list",
-            "data": data_out,
-            "model": served.name,
-            "model_version": served.version,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-    )
+    return {
+        "object": "list",
+        "data": data_out,
+        "model": served.name,
+        "model_version": served.version,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 _EMBEDDINGS_RESPONSE: JsonSchema = record(

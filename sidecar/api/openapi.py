@@ -48,8 +48,11 @@ STATUSES: dict[int, str] = {
     400: "invalid input: invalid_json, invalid_input, input_too_long, unsupported_task; "
     "bad_request (malformed HTTP)",
     401: "unauthorized: the bearer token is missing or wrong",
-    404: "model_not_found: the URL or body names a model not served here",
+    404: "model_not_found: the URL or body names a model not served here; job_not_found, "
+    "file_not_found: no job, batch or file of that id",
     408: "request_timeout: the body did not arrive before the deadline",
+    409: "job_conflict: the job's status does not allow it (cancel a finished job, delete a "
+    "running one)",
     413: "payload_too_large (the body), too_many_inputs (the list of inputs)",
     414: "uri_too_long: the request line is too long",
     415: "unsupported_encoding: request bodies must not be compressed",
@@ -58,9 +61,11 @@ STATUSES: dict[int, str] = {
     "see Retry-After",
     431: "headers_too_large",
     500: "internal_error: a bug; the message says nothing of the inside",
+    501: "jobs_disabled: jobs need SIDECAR_JOBS_DIR",
     503: "not_ready (loading), draining, too_many_connections (the listener's cap), see "
     "Retry-After; device_failed (the container restarts)",
     504: "deadline_exceeded: the result was not ready by the deadline",
+    507: "storage_full: the jobs storage (SIDECAR_JOBS_MAX_BYTES) has no room",
 }
 # Statuses any route of the API listener may answer, before or around its handler.
 LISTENER_STATUSES = (400, 414, 417, 431, 500, 503)

@@ -17,7 +17,6 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.api import wire
-from sidecar.api.keys import SERVICE
 from sidecar.api.openapi import (
     INTEGER,
     NUMBER,
@@ -109,12 +108,15 @@ def openapi_paths(limits: Limits) -> dict[str, dict[str, Any]]:
 @wire.inference
 async def rerank(request: web.Request) -> web.StreamResponse:
     """`POST /v1/rerank`."""
-    service = request.app[SERVICE]
     data = await wire.read_json(request)
-    parsed = RerankRequest.parse(data, limits=Limits.of(service.settings))
-    served = wire.model_for(request, request.match_info.get("model", parsed.model), "rerank")
-    inference = await wire.infer(
-        request,
+    return wire.json_response(await respond(wire.RequestCaller(request), data))
+
+
+async def respond(caller: wire.Caller, data: dict[str, Any]) -> dict[str, Any]:
+    """The response body of a rerank request body, for a request or a job's item."""
+    parsed = RerankRequest.parse(data, limits=Limits.of(caller.service.settings))
+    served = caller.model(parsed.model, "rerank")
+    inference = await caller.infer(
         served,
         PairInputs(
             parsed.query, parsed.documents, truncate=parsed.truncate, raw_scores=parsed.raw_scores
@@ -129,15 +131,13 @@ async def rerank(request: web.Request) -> web.StreamResponse:
         if parsed.return_documents:
             result["document"] = {"text": parsed.documents[index]}
         results.append(result)
-    return wire.json_response(
-        {
-            "id": "rerank_" + uuid.uuid4().hex[:24],
-            "model": served.name,
-            "model_version": served.version,
-            "results": results,
-            "usage": {"total_tokens": inference.num_tokens},
-        }
-    )
+    return {
+        "id": "rerank_" + uuid.uuid4().hex[:24],
+        "model": served.name,
+        "model_version": served.version,
+        "results": results,
+        "usage": {"total_tokens": inference.num_tokens},
+    }
 
 
 _RESULT: JsonSchema = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -27,7 +27,7 @@ from sidecar.errors import (
 
 if TYPE_CHECKING:
     from sidecar.models import Inputs
-    from sidecar.serving import Inference, ServedModel
+    from sidecar.serving import Inference, ServedModel, Service
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 VERSION_HEADER = "X-Model-Version"
@@ -67,13 +67,21 @@ def model_for(request: web.Request, name: str | None, *tasks: str) -> ServedMode
         VersionNotFoundError, VersionNotReadyError: a pinned version unknown or not ready.
         UnsupportedTaskError: the model serves another task.
     """
-    served = route(request, name)
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else request.path
+    return check_task(route(request, name), path, *tasks)
+
+
+def check_task(served: ServedModel, route: str, *tasks: str) -> ServedModel:
+    """`served`, if it serves one of `tasks` (those `route` takes).
+
+    Raises:
+        UnsupportedTaskError: the model serves another task.
+    """
     task = served.engine.card.task
     if task not in tasks:
-        resource = request.match_info.route.resource
-        path = resource.canonical if resource is not None else request.path
         raise UnsupportedTaskError(
-            f"model '{served.name}' serves '{task}', which {path} does not take"
+            f"model '{served.name}' serves '{task}', which {route} does not take"
         )
     return served
 
@@ -100,6 +108,39 @@ async def infer(request: web.Request, served: ServedModel, inputs: Inputs) -> In
     if lease is not None:
         request.app[SERVICE].shadow_copy(lease, inputs, inference.result)
     return inference
+
+
+class Caller(Protocol):
+    """Whom a request body is computed for: an HTTP request (`RequestCaller`) or a job's item
+    (`sidecar.api.job_lines.ItemCaller`). The protocol modules' `respond` functions take one,
+    so that a route and a job line compute the same body the same way."""
+
+    service: Service
+    deadline: float | None
+
+    def model(self, name: str | None, *tasks: str) -> ServedModel:
+        """The version the body goes to (held until the caller ends), if it serves `tasks`."""
+        ...
+
+    async def infer(self, served: ServedModel, inputs: Inputs) -> Inference:
+        """Run `inputs` on `served`, at the caller's priority and deadline."""
+        ...
+
+
+class RequestCaller:
+    """An HTTP request: the version its route, headers and body name (`model_for`), its
+    deadline, the shadow copy (`infer`)."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.service: Service = request.app[SERVICE]
+        self.deadline: float | None = deadline(request)
+
+    def model(self, name: str | None, *tasks: str) -> ServedModel:
+        return model_for(self.request, self.request.match_info.get("model", name), *tasks)
+
+    async def infer(self, served: ServedModel, inputs: Inputs) -> Inference:
+        return await infer(self.request, served, inputs)
 
 
 async def version_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -131,8 +172,13 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return parse_json(await read_body(request))
 
 
-async def read_body(request: web.Request) -> bytearray:
+async def read_body(
+    request: web.Request, max_bytes: int | None = None, *, deadline_s: float | None = None
+) -> bytearray:
     """The body: uncompressed, within the body limit, in by the deadline.
+
+    A route of bulk work (jobs) gives its own `max_bytes` and `deadline_s` (from arrival); its
+    body is not charged to the shared body budget (it bounds its bodies itself).
 
     A declared length over the limit is refused before anything is read; a chunked body is cut
     as soon as it passes the limit, never buffered beyond it.
@@ -143,7 +189,8 @@ async def read_body(request: web.Request) -> bytearray:
         PayloadTooLargeError: the body is larger than SIDECAR_MAX_BODY_BYTES.
         RequestTimeoutError: the body did not arrive before the request's deadline.
     """
-    max_bytes = request.app[SERVICE].settings.max_body_bytes
+    charged = max_bytes is None
+    max_bytes = request.app[SERVICE].settings.max_body_bytes if max_bytes is None else max_bytes
     coding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if coding not in ("", "identity"):
         raise UnsupportedEncodingError(
@@ -152,7 +199,7 @@ async def read_body(request: web.Request) -> bytearray:
     length = request.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLargeError(f"the body has {length} bytes; at most {max_bytes} are allowed")
-    due = deadline(request)
+    due = deadline(request) if deadline_s is None else request[ARRIVED_AT] + deadline_s
     if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the response proper has not started
@@ -161,7 +208,8 @@ async def read_body(request: web.Request) -> bytearray:
     try:
         async with asyncio.timeout(due - time.monotonic()):
             async for chunk in request.content.iter_any():
-                budget.charge(request, len(chunk))
+                if charged:
+                    budget.charge(request, len(chunk))
                 body += chunk
                 if len(body) > max_bytes:
                     raise PayloadTooLargeError(

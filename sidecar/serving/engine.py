@@ -103,8 +103,12 @@ class Engine:
         if self._cache is not None:
             self._cache.discard_scope(self._cache_scope)
 
-    async def infer(self, inputs: Inputs, *, deadline: float | None) -> Inference:
+    async def infer(
+        self, inputs: Inputs, *, deadline: float | None, bulk: bool = False
+    ) -> Inference:
         """Prepare `inputs`, run their items through the batcher, finish the outputs.
+
+        `bulk`: the batcher's lower priority class, for job items (see `batching.lanes`).
 
         Raises:
             InputError: the model refuses the inputs (sidecar.models).
@@ -117,10 +121,10 @@ class Engine:
             prepared, keys = await self._prepare_off_loop(inputs, deadline)
         if self._cache is None:
             outputs: Sequence[Any] = await self.batcher.submit(
-                prepared.items, prepared.costs, deadline=deadline
+                prepared.items, prepared.costs, deadline=deadline, bulk=bulk
             )
         else:
-            outputs = await self._cached(prepared, keys, self._cache, deadline)
+            outputs = await self._cached(prepared, keys, self._cache, deadline, bulk)
         return Inference(self.model.finish(outputs, inputs), prepared.num_tokens)
 
     async def _cached(
@@ -129,6 +133,7 @@ class Engine:
         keys: list[Key | None],
         cache: ResponseCache,
         deadline: float | None,
+        bulk: bool = False,
     ) -> list[Any]:
         """The items' outputs: hits from the cache, misses through the batcher, then stored."""
         outputs = cache.lookup(keys)
@@ -138,6 +143,7 @@ class Engine:
                 [prepared.items[i] for i in missing],
                 [prepared.costs[i] for i in missing],
                 deadline=deadline,
+                bulk=bulk,
             )
             for index, output in zip(missing, computed, strict=True):
                 outputs[index] = output

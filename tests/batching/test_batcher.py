@@ -706,6 +706,7 @@ def test_public_surface_is_what_the_serving_layer_uses() -> None:
     assert public == {
         "batch_knee_tokens",
         "batch_overhead_tokens",
+        "bulk_depth",
         "device_error",
         "queue_depth",
         "running_for_s",

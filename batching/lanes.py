@@ -1,0 +1,95 @@
+"""The bulk lane: items of the lower priority class (jobs), run only in capacity that
+interactive items leave.
+
+- A bulk batch goes only on an idle device (no batch running or being prepared) with no
+  interactive item queued. An interactive item that arrives meanwhile waits for at most that one
+  bulk batch, and the bulk batch is sized to cost about one short forward pass: at most the
+  padded tokens of a typical interactive batch (smoothed over the recent ones), and at least
+  `knee + floors x overhead` by the measured batch cost (`BatchCost`): `1 + floors` times the
+  cost of the smallest batch (on a GPU, up to its knee, where a pass costs the same whatever it
+  holds). Bulk items are grouped by length like interactive ones.
+- Starvation guard: once bulk items have waited `guard_s` since the last bulk batch went, the
+  next moment the device frees goes to one bulk batch (the interactive batch that would have
+  been prepared meanwhile waits for it), so a job keeps moving under constant interactive load,
+  at one bulk batch per `guard_s` at least.
+- Bulk items have no deadline and no admission bound: their submitter bounds how many it has
+  queued at once.
+
+`interactive_waits` measures what bulk batches cost interactive items: for each interactive item
+that arrived while a bulk batch ran, how long it waited for that batch to end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from batching.costs import BatchCost
+from batching.queue import ItemQueue
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+# Padded tokens of a bulk batch while the batch cost is still unknown: small enough that on any
+# device one such batch is a short pass.
+UNFITTED_TOKENS = 512
+_SMOOTHING = 0.1  # weight of the newest interactive batch in the typical one
+
+
+class BulkLane(Generic[ItemT, ResultT]):
+    """The bulk queue and the rules for when and how much of it runs.
+
+    Args:
+        guard_s: the starvation guard: the longest bulk items wait between two bulk batches.
+        floors: a bulk batch costs at most `1 + floors` smallest batches.
+        clock: monotonic seconds.
+    """
+
+    def __init__(self, guard_s: float, floors: float, clock: Callable[[], float]) -> None:
+        self.queue: ItemQueue[ItemT, ResultT] = ItemQueue()
+        self.guard_s = guard_s
+        self.floors = floors
+        self._clock = clock
+        self._last_s = clock()  # when the last bulk batch went (or the lane last emptied)
+        self._running_since: float | None = None
+        self._typical_tokens = 0.0  # padded tokens of interactive batches, smoothed
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def due(self, now: float, *, interactive_waiting: bool) -> bool:
+        """Whether a bulk batch should go now, if the device is idle."""
+        live = self.queue.oldest(now) is not None
+        return live and (not interactive_waiting or self.overdue(now))
+
+    def overdue(self, now: float) -> bool:
+        """Whether the starvation guard asks for the next idle moment."""
+        return bool(self.queue) and now - self._last_s >= self.guard_s
+
+    def observe_interactive(self, padded_tokens: int) -> None:
+        """An interactive batch of `padded_tokens` ran."""
+        self._typical_tokens += _SMOOTHING * (padded_tokens - self._typical_tokens)
+
+    def token_budget(self, cost: BatchCost, max_tokens: int) -> int:
+        """Padded tokens one bulk batch may hold (a lone longer item still goes alone)."""
+        if not cost.fitted:
+            floor = float(UNFITTED_TOKENS)
+        elif math.isinf(cost.overhead_tokens):
+            return max_tokens  # tokens cost nothing measurable: a full batch is a short pass
+        else:
+            floor = cost.knee_tokens + self.floors * cost.overhead_tokens
+        return max(1, min(max_tokens, int(max(floor, self._typical_tokens))))
+
+    def started(self, now: float) -> None:
+        """A bulk batch left the queue."""
+        self._last_s = self._running_since = now
+
+    def ended(self, now: float, interactive: ItemQueue[ItemT, ResultT]) -> list[float]:
+        """A bulk batch ended: how long each interactive item that arrived meanwhile waited."""
+        since, self._running_since = self._running_since, None
+        if not self.queue:
+            self._last_s = now
+        if since is None:
+            return []
+        return [now - e.enqueued_at for e in interactive.entries() if e.enqueued_at >= since]
