@@ -40,3 +40,19 @@ class BatchObserver:
 
     def on_reject(self, reason: str, count: int) -> None:
         """Called when `count` items are refused or dropped (queue_full, deadline, cancelled)."""
+
+
+class GenerationObserver:
+    """Receives the generation engine's figures (on the event loop); this base ignores them."""
+
+    def on_first_token(self, seconds: float) -> None:
+        """A sequence's first token came `seconds` after its arrival."""
+
+    def on_inter_token(self, seconds: float) -> None:
+        """A sequence's next token came `seconds` after its previous one."""
+
+    def on_tokens(self, kind: str, count: int) -> None:
+        """`count` tokens of `kind` (`prompt`, `generated`) were processed."""
+
+    def on_abort(self, reason: str) -> None:
+        """A sequence ended early: `disconnect`, `cancelled`, `deadline` or `error`."""

@@ -26,6 +26,7 @@ from sidecar.environ import (
     socket_path,
 )
 from sidecar.errors import ConfigError
+from sidecar.generation_settings import GenerationSettings
 
 # The tasks the contract names (DESIGN section 11). Which of them a snapshot can serve is its
 # model family's business: asking for one it cannot serve stops start-up (exit code 1).
@@ -227,6 +228,8 @@ class Settings:
     hf_token: str | None = dataclasses.field(default=None, repr=False)
     # Read from the OpenTelemetry variables (see Tracing); None: no tracing.
     tracing: Tracing | None = None
+    # SIDECAR_GEN_* (sidecar.generation_settings)
+    generation: GenerationSettings = dataclasses.field(default_factory=GenerationSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -282,6 +285,7 @@ class Settings:
             hf_offline=env.get("HF_HUB_OFFLINE", boolean, False),
             hf_token=env.get("HF_TOKEN", nonempty, None),
             tracing=Tracing.from_env(environ),
+            generation=GenerationSettings.from_env(environ),
         )
         settings.check()
         return settings

@@ -2,6 +2,7 @@
 
     native    /v1/predict, /v1/models, /v1/info
     openai    /v1/embeddings
+    chat      /v1/completions, /v1/chat/completions (generation, streamed or not)
     rerank    /v1/rerank (the Cohere / Jina / vLLM shape)
     oip       /v2 (the Open Inference Protocol: Triton, KServe, MLServer clients)
     health    /livez, /readyz, /startupz, /metrics
@@ -16,10 +17,20 @@ its engine, and renders the result; it never touches a tokenizer or torch.
 
 from __future__ import annotations
 
-from sidecar.api import health, native, oip, openai, openapi, rerank
+from sidecar.api import chat, health, native, oip, openai, openapi, rerank
 
-PROTOCOLS = (native, openai, rerank, oip, openapi)
+PROTOCOLS = (native, openai, chat, rerank, oip, openapi)
 # Path prefix -> the error shape of a protocol that has its own (the middleware renders it).
-ERROR_BODIES = {oip.PATH_PREFIX: oip.error_body}
+ERROR_BODIES = {oip.PATH_PREFIX: oip.error_body} | {path: chat.error_body for path in chat.PATHS}
 
-__all__ = ["ERROR_BODIES", "PROTOCOLS", "health", "native", "oip", "openai", "openapi", "rerank"]
+__all__ = [
+    "ERROR_BODIES",
+    "PROTOCOLS",
+    "chat",
+    "health",
+    "native",
+    "oip",
+    "openai",
+    "openapi",
+    "rerank",
+]

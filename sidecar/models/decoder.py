@@ -69,6 +69,7 @@ class Decoder(OnTorchDevice):
         tokenizer: Tokenizer,
         template: ChatTemplate | None,
         eos_token_ids: frozenset[int],
+        vocab_size: int,
         architecture: str,
         device: torch.device,
         dtype: torch.dtype,
@@ -83,6 +84,7 @@ class Decoder(OnTorchDevice):
         self.dtype = dtype
         self.num_slots = cache.num_slots
         self.max_model_len = cache.max_len
+        self.vocab_size = vocab_size
 
     @property
     def card(self) -> ModelCard:
@@ -270,6 +272,7 @@ def load(directory: Path, weights: Mapping[str, torch.Tensor], options: LoadOpti
         tokenizer=tokenizer,
         template=ChatTemplate(source, specials) if source else None,
         eos_token_ids=_eos_ids(directory, raw, tokenizer, specials.get("eos_token")),
+        vocab_size=int(raw["vocab_size"]),
         architecture=names[0] if names else str(raw.get("model_type")),
         device=device,
         dtype=dtype,

@@ -61,6 +61,26 @@ class Row:
     sampler: Any = None
 
 
+@dataclass(frozen=True)
+class Delta:
+    """Text a sequence generated: safe to show (no partial character, no part of a stop)."""
+
+    text: str
+    logprobs: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The end of a sequence: `stop` (EOS, a stop token or string) or `length`."""
+
+    reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Event = Delta | Finished
+
+
 class TextStream(Protocol):
     """Token ids in, text out: never a partial UTF-8 character."""
 
@@ -76,6 +96,7 @@ class GenerativeModel(Protocol):
 
     num_slots: int
     max_model_len: int
+    vocab_size: int
     eos_token_ids: frozenset[int]
 
     def encode(self, text: str) -> list[int]:

@@ -15,12 +15,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from batching import BatchObserver, DeviceFailedError
+from batching import BatchObserver, DeviceFailedError, GenerationObserver
 from sidecar.config import Settings, served_name_from
 from sidecar.errors import DrainingError, ModelNotFoundError, NotReadyError
+from sidecar.models.generation import GenerativeModel
 from sidecar.serving import loading
 from sidecar.serving.cache import ResponseCache
 from sidecar.serving.engine import Engine, Executors, batch_config
+from sidecar.serving.generation import GenerationEngine
 from sidecar.serving.loading import Loaded, LoadReport
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class ServedModel:
     created: int
     engine: Engine
     report: LoadReport
+    # Task `generate`: the decoder's generation engine (its `engine` refuses other tasks).
+    generation: GenerationEngine | None = None
 
 
 class Service:
@@ -89,12 +93,14 @@ class Service:
             cache=self.cache,
         )
         await engine.start(loaded.warmup_timings)
+        generation = await self._start_generation(loaded)
         served = ServedModel(
             name=settings.model_name or served_name_from(loaded.source_name),
             version=settings.model_version or loaded.revision or "1",
             created=int(time.time()),
             engine=engine,
             report=loaded.report,
+            generation=generation,
         )
         self.served = served
         self.phase = Phase.READY
@@ -106,6 +112,22 @@ class Service:
             report.weights_s, report.weights_gbps, report.warmup_s,
         )  # fmt: skip
         return served
+
+    async def _start_generation(self, loaded: Loaded) -> GenerationEngine | None:
+        """A decoder's generation engine, started; None for other models."""
+        if not isinstance(loaded.model, GenerativeModel) or loaded.model.card.task != "generate":
+            return None
+        observer = self._observer
+        generation = GenerationEngine(
+            loaded.model,
+            self.settings.generation,
+            queue_max=self.settings.queue_max,
+            device=self._executors.device,
+            prepare=self._executors.prepare,
+            observer=observer if isinstance(observer, GenerationObserver) else GenerationObserver(),
+        )
+        await generation.start()
+        return generation
 
     def _progress(self, done: int, total: int) -> None:
         self.loaded_bytes = done
@@ -122,6 +144,8 @@ class Service:
         """Why the process can serve no more (only a restart helps), or None."""
         if self.served is None:
             return None
+        if self.served.generation is not None:
+            return self.served.generation.failure(self.settings.forward_timeout_s)
         return self.served.engine.failure(self.settings.forward_timeout_s)
 
     def check_ready(self) -> None:
@@ -178,6 +202,8 @@ class Service:
             )
             drained = False
         if self.served is not None:
+            if self.served.generation is not None:
+                await self.served.generation.stop()
             await self.served.engine.stop()
         self._executors.shutdown()
         return drained
