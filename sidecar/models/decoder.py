@@ -125,8 +125,10 @@ class Decoder(OnTorchDevice):
     def step(self, rows: Sequence[Row]) -> list[Sampled]:
         """One forward pass per kind of row (decode tokens, prefill chunks: little padding),
         then sampling; the tokens come in the order of the rows that have a sampler."""
-        decode = [i for i, row in enumerate(rows) if len(row.tokens) == 1]
-        prefill = [i for i, row in enumerate(rows) if len(row.tokens) > 1]
+        # In slot order: a run of consecutive slots reads the cache without a gather.
+        order = sorted(range(len(rows)), key=lambda i: rows[i].slot)
+        decode = [i for i in order if len(rows[i].tokens) == 1]
+        prefill = [i for i in order if len(rows[i].tokens) > 1]
         sampled: dict[int, Sampled] = {}
         with torch.inference_mode():
             for group in (decode, prefill):

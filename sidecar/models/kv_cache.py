@@ -40,6 +40,7 @@ class StepBatch:
     write_positions: torch.Tensor  # (N,) its position
     valid: torch.Tensor  # (B, T) bool, True on real tokens
     kv_len: int  # keys to attend over: the longest row's end
+    first_slot: int | None  # the rows' slots are first_slot, first_slot + 1, ...: no gather
 
     @classmethod
     def of(cls, rows: Sequence[StepRow], device: torch.device) -> StepBatch:
@@ -65,6 +66,7 @@ class StepBatch:
             write_positions=tensor(write_positions),
             valid=tensor(valid, torch.bool),
             kv_len=max(row.start + len(row.tokens) for row in rows),
+            first_slot=slots[0] if slots == list(range(slots[0], slots[0] + len(slots))) else None,
         )
 
     def attention_mask(self, sliding_window: int | None = None) -> torch.Tensor:
@@ -108,6 +110,9 @@ class KVCache:
         # (B, nkv, T, hs) -> (B, T, nkv, hs) -> (N, nkv, hs): the real tokens only
         k_cache[batch.write_slots, :, batch.write_positions] = k.transpose(1, 2)[valid]
         v_cache[batch.write_slots, :, batch.write_positions] = v.transpose(1, 2)[valid]
+        if batch.first_slot is not None:  # consecutive slots: views, not copies
+            rows = slice(batch.first_slot, batch.first_slot + k.shape[0])
+            return k_cache[rows, :, : batch.kv_len], v_cache[rows, :, : batch.kv_len]
         return (
             k_cache[batch.slots, :, : batch.kv_len],
             v_cache[batch.slots, :, : batch.kv_len],

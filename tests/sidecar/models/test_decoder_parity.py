@@ -74,11 +74,13 @@ def reference(directory: Path, prompt: Sequence[int], new_tokens: int) -> list[i
 def run_mixed(
     decoder: Decoder, prompts: Sequence[list[int]], joins: Sequence[int], chunk: int
 ) -> list[list[int]]:
-    """Greedy generation of every prompt, sequence i joining at step joins[i] in slot i % slots,
+    """Greedy generation of every prompt, sequence i joining at step joins[i] in slot 2i mod n
+    (runs of consecutive slots read the cache as views, others through a gather),
     prompts prefilled `chunk` tokens a step beside the others' decode steps (EOS ignored)."""
     greedy = decoder.sampler(SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0))
     outputs: list[list[int]] = [[] for _ in prompts]
     computed = [0] * len(prompts)
+    slots = [2 * i % len(prompts) for i in range(len(prompts))]
     step = 0
     while any(len(out) < NEW_TOKENS for out in outputs):
         rows, owners = [], []
@@ -91,12 +93,15 @@ def run_mixed(
                 last = computed[i] + n == len(prompt)
                 rows.append(
                     Row(
-                        i, computed[i], ids[computed[i] : computed[i] + n], greedy if last else None
+                        slots[i],
+                        computed[i],
+                        ids[computed[i] : computed[i] + n],
+                        greedy if last else None,
                     )
                 )
             else:
                 n, last = 1, True
-                rows.append(Row(i, computed[i], ids[-1:], greedy))
+                rows.append(Row(slots[i], computed[i], ids[-1:], greedy))
             computed[i] += n
             if last:
                 owners.append(i)
