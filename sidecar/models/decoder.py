@@ -39,6 +39,8 @@ TASKS = ("generate",)
 # SIDECAR_GEN_MAX_MODEL_LEN when unset: the model's position limit, at most this.
 DEFAULT_MAX_MODEL_LEN = 8192
 _SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
+# Padded over real tokens of a forward pass over prefill chunks, at most.
+MAX_PADDING = 1.25
 
 
 @dataclass(frozen=True)
@@ -129,11 +131,11 @@ class Decoder(OnTorchDevice):
         order = sorted(range(len(rows)), key=lambda i: rows[i].slot)
         decode = [i for i in order if len(rows[i].tokens) == 1]
         prefill = [i for i in order if len(rows[i].tokens) > 1]
+        groups = [decode] if decode else []
+        groups += length_groups(prefill, [len(rows[i].tokens) for i in prefill])
         sampled: dict[int, Sampled] = {}
         with torch.inference_mode():
-            for group in (decode, prefill):
-                if not group:
-                    continue
+            for group in groups:
                 steps = [StepRow(rows[i].slot, rows[i].start, rows[i].tokens) for i in group]
                 logits = self.network(StepBatch.of(steps, self.device), self.cache)  # (B, V)
                 picking = [j for j, i in enumerate(group) if rows[i].sampler is not None]
@@ -170,6 +172,23 @@ class Decoder(OnTorchDevice):
         for position in (length, length + 1):
             token = self.step([Row(0, position, [token], greedy)])[0].token
         return []
+
+
+def length_groups(indices: Sequence[int], lengths: Sequence[int]) -> list[list[int]]:
+    """Prefill chunks in groups of similar length, each padded to its longest: the padded
+    tokens of a group stay within `MAX_PADDING` of its real ones (a padded token costs as much
+    as a real one). Longest first; each group keeps the slot order of `indices`."""
+    by_length = sorted(range(len(indices)), key=lambda j: -lengths[j])
+    groups: list[list[int]] = []
+    longest = real = 0
+    for j in by_length:
+        if groups and (len(groups[-1]) + 1) * longest <= MAX_PADDING * (real + lengths[j]):
+            groups[-1].append(j)
+            real += lengths[j]
+        else:
+            groups.append([j])
+            longest = real = lengths[j]
+    return [[indices[j] for j in sorted(group)] for group in groups]
 
 
 def sample(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[Sampled]:

@@ -272,3 +272,20 @@ async def test_a_decoder_refuses_the_other_tasks_routes(
     s = await start_server(llama_dir, **GEN_ENV)
     async with s.tcp.post("/v1/embeddings", json={"input": "hi"}) as r:
         assert r.status == 400 and (await r.json())["error"]["code"] == "unsupported_task"
+
+
+async def test_a_failure_mid_stream_ends_it_with_an_error_event(
+    start_server: StartServer, llama_dir: Path
+) -> None:
+    s = await start_server(llama_dir, **GEN_ENV, SIDECAR_DRAIN_TIMEOUT_S="0")
+    body = {"prompt": PROMPTS[0], "max_tokens": 110, "temperature": 0, "stream": True}
+    async with s.tcp.post("/v1/completions", json=body) as r:
+        assert r.status == 200
+        first = await r.content.readline()
+        assert first.startswith(b"data: {")
+        await s.service.drain()  # the engine stops under the running stream
+        rest = (await r.read()).decode()
+    payloads = [line.removeprefix("data: ") for line in rest.splitlines() if line]
+    assert payloads[-1] == "[DONE]"
+    error = json.loads(payloads[-2])["error"]
+    assert error["code"] == "draining" and error["message"]
