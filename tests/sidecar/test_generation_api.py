@@ -17,6 +17,7 @@ import pytest
 from tests.decoder_snapshots import make_decoder_snapshot
 from tests.sidecar.conftest import Running, StartServer
 from tests.sidecar.test_accounting import count, metrics_of
+from tests.sidecar.test_event_loop import slow_steps  # noqa: F401 - a fixture
 
 GEN_ENV = {"SIDECAR_GEN_MAX_MODEL_LEN": "128", "SIDECAR_GEN_MAX_SEQS": "8"}
 MESSAGES = [
@@ -289,3 +290,21 @@ async def test_a_failure_mid_stream_ends_it_with_an_error_event(
     assert payloads[-1] == "[DONE]"
     error = json.loads(payloads[-2])["error"]
     assert error["code"] == "draining" and error["message"]
+
+
+async def test_generation_never_blocks_the_event_loop(
+    start_server: StartServer,
+    llama_dir: Path,
+    slow_steps: list[str],  # noqa: F811 - the fixture imported above
+) -> None:
+    s = await start_server(llama_dir, **GEN_ENV, SIDECAR_WARMUP="true")
+    long_chat = [{"role": "user", "content": "Where is the café in Zürich? " * 3}]
+    slow_steps.clear()
+    bodies = [
+        ("/v1/chat/completions", {"messages": long_chat, "max_tokens": 30, "stream": True}),
+        *(("/v1/completions", {"prompt": p, "max_tokens": 40, "stream": True}) for p in PROMPTS),
+    ]
+    for response in await asyncio.gather(*(s.tcp.post(path, json=b) for path, b in bodies)):
+        assert response.status == 200
+        assert (await response.text()).endswith("data: [DONE]\n\n")
+    assert slow_steps == []
