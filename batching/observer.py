@@ -56,3 +56,6 @@ class GenerationObserver:
 
     def on_abort(self, reason: str) -> None:
         """A sequence ended early: `disconnect`, `cancelled`, `deadline` or `error`."""
+
+    def on_reject(self, reason: str, count: int) -> None:
+        """`count` sequences were refused (`queue_full`), as `BatchObserver.on_reject`."""

@@ -26,6 +26,7 @@ from batching import (
     DeadlineExceededError,
     DeviceFailedError,
     GenerationObserver,
+    QueueFullError,
     Scheduler,
     StepFailedError,
 )
@@ -140,7 +141,7 @@ class GenerationEngine:
             self._stopping = True
             self._cond.notify()
         if self._runner is not None:
-            await asyncio.shield(self._runner)
+            await asyncio.wait([self._runner])  # a loop that failed has said so in the log
         closed = BatcherClosedError("the server is draining")
         for sequence in (*self.scheduler.running, *self.scheduler.waiting):
             sequence.state.queue.put_nowait(closed)
@@ -206,7 +207,11 @@ class GenerationEngine:
         )
         sequence = Seq(prompt, params.max_tokens, deadline, state)
         with self._cond:
-            self.scheduler.add(sequence)
+            try:
+                self.scheduler.add(sequence)
+            except QueueFullError:
+                self._observer.on_reject("queue_full", 1)
+                raise
             self._cond.notify()
         return GenerationStream(self, sequence, state)
 
@@ -220,6 +225,24 @@ class GenerationEngine:
     # -- the device thread's side -------------------------------------------------------------
 
     def _run(self) -> None:
+        """The step loop; if it ever breaks, every sequence fails and the engine reports the
+        failure (`/livez`), rather than leaving streams waiting for tokens that never come."""
+        try:
+            self._loop_steps()
+        except BaseException as exc:
+            logger.critical("the generation loop failed", exc_info=exc)
+            with self._cond:
+                self.device_error = exc
+                victims = [*self.scheduler.running, *self.scheduler.waiting]
+                for sequence in victims:
+                    self.scheduler.abort(sequence)
+            error = DeviceFailedError("generation failed; the process must restart")
+            news: list[tuple[_State, Event | BaseException]] = [(v.state, error) for v in victims]
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._deliver, news)
+            raise
+
+    def _loop_steps(self) -> None:
         while True:
             with self._cond:
                 while not self._stopping and not self.scheduler.has_work():

@@ -308,3 +308,17 @@ async def test_generation_never_blocks_the_event_loop(
         assert response.status == 200
         assert (await response.text()).endswith("data: [DONE]\n\n")
     assert slow_steps == []
+
+
+async def test_gpt2_completes_and_a_model_without_a_chat_template_refuses_chat(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    directory = make_decoder_snapshot(tmp_path / "gpt2", model_type="gpt2", template=False)
+    s = await start_server(directory, **GEN_ENV)
+    body = {"prompt": PROMPTS[1], "max_tokens": 6, "temperature": 0}
+    async with s.uds.post("/v1/completions", json=body) as r:
+        assert r.status == 200
+        answer = await r.json()
+    assert answer["usage"]["completion_tokens"] <= 6 and answer["choices"][0]["finish_reason"]
+    async with s.uds.post("/v1/chat/completions", json={"messages": MESSAGES}) as r:
+        assert r.status == 400 and "no chat template" in (await r.json())["error"]["message"]
