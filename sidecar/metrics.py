@@ -132,9 +132,6 @@ class Metrics(BatchObserver, GenerationObserver):
         figures at scrape time."""
         self.registry.register(CacheCollector(service))
         self.ready.set_function(lambda: float(service.ready))
-        self.queue_depth.set_function(
-            lambda: float(service.served.engine.batcher.queue_depth) if service.served else 0.0
-        )
         self.model_load_bytes.set_function(lambda: float(service.loaded_bytes))
 
         def scheduler() -> Any:
@@ -145,6 +142,16 @@ class Metrics(BatchObserver, GenerationObserver):
 
         self.gen_running.set_function(lambda: float(len(s.running)) if (s := scheduler()) else 0.0)
         self.gen_kv_usage.set_function(lambda: s.slot_usage if (s := scheduler()) else 0.0)
+        # A decoder's queue is its sequences waiting for a KV cache slot.
+        self.queue_depth.set_function(
+            lambda: (
+                float(s.queue_depth)
+                if (s := scheduler())
+                else float(service.served.engine.batcher.queue_depth)
+                if service.served
+                else 0.0
+            )
+        )
 
     def on_loaded(self, served: ServedModel) -> None:
         """Label the served model, record its load time, add the GPU gauges on a GPU."""

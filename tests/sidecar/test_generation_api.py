@@ -259,9 +259,11 @@ async def test_a_full_waiting_queue_answers_429_with_retry_after(
     async with asyncio.timeout(10):
         while not generation.scheduler.waiting:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
+    assert count(await metrics_of(s), "sidecar_queue_depth") == 1
     async with s.tcp.post("/v1/completions", json=body) as r:
         assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
         assert (await r.json())["error"]["code"] == "queue_full"
+    assert count(await metrics_of(s), "sidecar_rejected_total", reason="queue_full") == 1
     running.close()
     async with await waiting as r:
         assert r.status == 200

@@ -30,6 +30,7 @@ def test_defaults_and_values() -> None:
         ("SIDECAR_GEN_MAX_MODEL_LEN", "lots"),
         ("SIDECAR_GEN_KV_FRACTION", "1.5"),
         ("SIDECAR_GEN_MAX_BATCH_TOKENS", "8"),
+        ("SIDECAR_GEN_MAX_BATCH_TOKENS", "32"),  # not more than the 32 sequences
     ],
 )
 def test_a_bad_value_names_the_variable(name: str, value: str) -> None:
