@@ -137,6 +137,8 @@ async def test_completions_streamed_and_not_and_the_model_list(
     async with s.tcp.get("/v1/models/default") as r:
         card = await r.json()
     assert card["task"] == "generate" and card["context_length"] == 128
+    async with s.tcp.get("/v1/models") as r:
+        assert (await r.json())["data"][0]["context_length"] == 128
     await client.close()
 
 
