@@ -38,6 +38,22 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_decoder_snapshot(tmp_path_factory.mktemp("gen-llama"), model_type="llama")
 
 
+def transformers_text(directory: Path, prompt: list[int], new_tokens: int) -> str:
+    """transformers' greedy continuation of `prompt`, decoded as the server decodes it."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer
+
+    model: Any = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False
+        )
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    return str(tokenizer.decode(out[0, len(prompt) :].tolist(), skip_special_tokens=True))
+
+
 def clients(s: Running) -> dict[str, openai.AsyncOpenAI]:
     port = s.server.addresses["tcp"][1]
     uds = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=s.socket_path))
@@ -156,6 +172,13 @@ async def test_greedy_answers_are_the_same_alone_and_in_a_crowd(
     # Together: they join while others decode, long prompts prefilled in chunks of the budget.
     together = await asyncio.gather(*(complete(p, temperature=0) for p in PROMPTS))
     assert list(together) == alone
+    # And what transformers' generate says (stopping at the EOS of generation_config.json),
+    # but for a character the last token left incomplete: never emitted, where transformers'
+    # decoding shows U+FFFD (random weights pick bytes that are no UTF-8 at all, too: those
+    # both show).
+    decoder = s.service.served.generation.model
+    expected = [transformers_text(llama_dir, decoder.encode(p), 20) for p in PROMPTS]
+    assert alone == [text.rstrip("\ufffd") for text in expected]
     # Acceptance 4: a seeded request samples the same tokens whatever else runs beside it.
     seeded = {"temperature": 1.0, "top_p": 0.9, "seed": 1234}
     first = await complete(PROMPTS[2], **seeded)
