@@ -1,4 +1,4 @@
-"""Generic asyncio dynamic batcher: standard library only."""
+"""Generic asyncio dynamic batcher and the iteration-level scheduler: standard library only."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from batching.errors import (
     DeviceFailedError,
     ItemTooLargeError,
     QueueFullError,
+    StepFailedError,
 )
 from batching.grouping import Selection, select_batch
-from batching.observer import BatchObserver, BatchStats
+from batching.observer import BatchObserver, BatchStats, GenerationObserver
+from batching.scheduler import Chunk, Plan, Scheduler, Sequence
 
 __all__ = [
     "BatchConfig",
@@ -28,10 +30,16 @@ __all__ = [
     "BatcherClosedError",
     "BatchingError",
     "Buckets",
+    "Chunk",
     "DeadlineExceededError",
     "DeviceFailedError",
+    "GenerationObserver",
     "ItemTooLargeError",
+    "Plan",
     "QueueFullError",
+    "Scheduler",
     "Selection",
+    "Sequence",
+    "StepFailedError",
     "select_batch",
 ]

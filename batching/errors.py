@@ -6,6 +6,7 @@ BatchingError
  ├── BatcherClosedError      the batcher was stopped
  ├── DeviceFailedError       `run` raised an error `is_fatal` calls fatal; nothing runs again
  ├── ItemTooLargeError       one item's cost exceeds the per-batch token budget
+ ├── StepFailedError         a generation step raised: its sequences fail, the others go on
  └── BatchOutputError        the batch function returned the wrong number of results
 """
 
@@ -41,6 +42,10 @@ class DeviceFailedError(BatchingError):
 
 class ItemTooLargeError(BatchingError):
     """An item's cost alone exceeds the batch token budget, so no batch can hold it."""
+
+
+class StepFailedError(BatchingError):
+    """A generation step raised a recoverable error: the sequences of that step end with it."""
 
 
 class BatchOutputError(BatchingError):

@@ -45,3 +45,22 @@ class BatchObserver:
     def on_interactive_wait(self, seconds: float) -> None:
         """Called for each interactive item that arrived while a bulk batch ran, with how long
         it waited for that batch to end."""
+
+
+class GenerationObserver:
+    """Receives the generation engine's figures (on the event loop); this base ignores them."""
+
+    def on_first_token(self, seconds: float) -> None:
+        """A sequence's first token came `seconds` after its arrival."""
+
+    def on_inter_token(self, seconds: float) -> None:
+        """A sequence's next token came `seconds` after its previous one."""
+
+    def on_tokens(self, kind: str, count: int) -> None:
+        """`count` tokens of `kind` (`prompt`, `generated`) were processed."""
+
+    def on_abort(self, reason: str) -> None:
+        """A sequence ended early: `disconnect`, `cancelled`, `deadline` or `error`."""
+
+    def on_reject(self, reason: str, count: int) -> None:
+        """`count` sequences were refused (`queue_full`), as `BatchObserver.on_reject`."""

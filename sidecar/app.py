@@ -8,12 +8,12 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from sidecar.api import ERROR_BODIES, PROTOCOLS, admin, health, openapi, wire
-from sidecar.api.keys import BODY_BUDGET, JOBS, METRICS, OPENAPI, SERVICE, TIMELINE
+from sidecar.api.keys import BODY_BUDGET, ERROR_REPLY, JOBS, METRICS, OPENAPI, SERVICE, TIMELINE
 from sidecar.api.schema import Limits
 from sidecar.api.wire import BodyBudget
 from sidecar.auth import BearerToken, require_token
 from sidecar.metrics import Metrics
-from sidecar.middleware import ErrorBody, errors_and_accounting
+from sidecar.middleware import ErrorBody, errors_and_accounting, reply_for
 from sidecar.serving import Service
 from sidecar.serving.jobs import Jobs
 from sidecar.timeline import Timeline
@@ -91,7 +91,13 @@ def _base_app(
     app[BODY_BUDGET] = BodyBudget(BODY_BUDGET_BODIES * service.settings.max_body_bytes)
     app[METRICS] = metrics
     app[TIMELINE] = timeline
+    app[ERROR_REPLY] = _error_reply
     return app
+
+
+def _error_reply(exc: BaseException) -> tuple[int, str, str]:
+    row, message, _ = reply_for(exc)
+    return row.status, row.code, message
 
 
 def _continue_when_read(routes: Iterable[web.RouteDef]) -> list[web.RouteDef]:

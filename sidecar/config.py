@@ -26,6 +26,7 @@ from sidecar.environ import (
     socket_path,
 )
 from sidecar.errors import ConfigError
+from sidecar.generation_settings import GenerationSettings
 from sidecar.jobs_settings import JobsSettings
 from sidecar.versions_settings import VersionsSettings
 
@@ -233,6 +234,8 @@ class Settings:
     versions: VersionsSettings = dataclasses.field(default_factory=VersionsSettings)
     # Jobs (DESIGN section 13), from SIDECAR_JOB(S)_* (see sidecar.jobs_settings).
     jobs: JobsSettings = dataclasses.field(default_factory=JobsSettings)
+    # SIDECAR_GEN_* (sidecar.generation_settings)
+    generation: GenerationSettings = dataclasses.field(default_factory=GenerationSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -290,6 +293,7 @@ class Settings:
             tracing=Tracing.from_env(environ),
             versions=VersionsSettings.from_env(environ),
             jobs=JobsSettings.from_env(environ),
+            generation=GenerationSettings.from_env(environ),
         )
         settings.check()
         return settings

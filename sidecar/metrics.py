@@ -17,7 +17,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from batching import BatchObserver, BatchStats
+from batching import BatchObserver, BatchStats, GenerationObserver
 
 if TYPE_CHECKING:
     from sidecar.serving import Agreement, ServedModel, Service
@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REJECT_REASONS = ("queue_full", "deadline", "cancelled", "too_large", "invalid")
+GEN_ABORT_REASONS = ("disconnect", "cancelled", "deadline", "error")
+_TOKEN_GAP_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -39,8 +44,8 @@ SHADOW_OUTCOMES = ("compared", "dropped", "failed", "incomparable")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class Metrics(BatchObserver):
-    """Every metric of DESIGN section 7, registered in a registry of its own."""
+class Metrics(BatchObserver, GenerationObserver):
+    """Every metric of DESIGN sections 7 and 14, registered in a registry of its own."""
 
     content_type = CONTENT_TYPE
 
@@ -119,19 +124,65 @@ class Metrics(BatchObserver):
             "Time an interactive item waited for a job batch that ran when it arrived.",
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self._generation_metrics()
+
+    def _generation_metrics(self) -> None:
+        """DESIGN section 14; zero unless a decoder is served."""
+        r = self.registry
+        self.gen_ttft = Histogram(
+            "sidecar_gen_time_to_first_token_seconds",
+            "Time from a sequence's arrival to its first token.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.gen_inter_token = Histogram(
+            "sidecar_gen_inter_token_seconds", "Time between a sequence's successive tokens.",
+            buckets=_TOKEN_GAP_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.gen_tokens = Counter(
+            "sidecar_gen_tokens", "Tokens processed, by kind.", ["kind"], registry=r
+        )
+        for kind in ("prompt", "generated"):
+            self.gen_tokens.labels(kind)
+        self.gen_running = Gauge(
+            "sidecar_gen_running_sequences", "Sequences holding a KV cache slot.", registry=r
+        )
+        self.gen_kv_usage = Gauge(
+            "sidecar_gen_kv_usage_ratio", "Share of the KV cache's slots in use.", registry=r
+        )
+        self.gen_aborted = Counter(
+            "sidecar_gen_aborted", "Sequences ended early, by reason.", ["reason"], registry=r
+        )
+        for reason in GEN_ABORT_REASONS:
+            self.gen_aborted.labels(reason)
 
     def watch(self, service: Service) -> None:
         """Read readiness, queue depth, weight bytes loaded so far and the response cache's
         figures at scrape time."""
         self.registry.register(CacheCollector(service))
         self.ready.set_function(lambda: float(service.ready))
-        self.queue_depth.set_function(
-            lambda: float(service.served.engine.batcher.queue_depth) if service.served else 0.0
-        )
         self.model_load_bytes.set_function(lambda: float(service.loaded_bytes))
         self.registry.register(VersionsCollector(service))
         service.on_swap = lambda seconds: self.on_swap(seconds, service.served)
         service.shadow.observer = self
+
+        def scheduler() -> Any:
+            served = service.served
+            return (
+                None if served is None or served.generation is None else served.generation.scheduler
+            )
+
+        self.gen_running.set_function(lambda: float(len(s.running)) if (s := scheduler()) else 0.0)
+        self.gen_kv_usage.set_function(lambda: s.slot_usage if (s := scheduler()) else 0.0)
+        # A decoder's queue is its sequences waiting for a KV cache slot.
+        self.queue_depth.set_function(
+            lambda: (
+                float(s.queue_depth)
+                if (s := scheduler())
+                else float(service.served.engine.batcher.queue_depth)
+                if service.served
+                else 0.0
+            )
+        )
 
     def on_swap(self, seconds: float, served: ServedModel | None) -> None:
         """A new stable version serves: the swap's time, and the model info relabelled."""
@@ -179,6 +230,18 @@ class Metrics(BatchObserver):
 
     def on_reject(self, reason: str, count: int) -> None:
         self.rejected.labels(reason).inc(count)
+
+    def on_first_token(self, seconds: float) -> None:
+        self.gen_ttft.observe(seconds)
+
+    def on_inter_token(self, seconds: float) -> None:
+        self.gen_inter_token.observe(seconds)
+
+    def on_tokens(self, kind: str, count: int) -> None:
+        self.gen_tokens.labels(kind).inc(count)
+
+    def on_abort(self, reason: str) -> None:
+        self.gen_aborted.labels(reason).inc()
 
     def observe_request(self, route: str, code: int, seconds: float) -> None:
         """Count one answered request; `route` must be a bounded label value."""

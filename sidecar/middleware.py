@@ -36,6 +36,7 @@ from batching import (
     DeviceFailedError,
     ItemTooLargeError,
     QueueFullError,
+    StepFailedError,
 )
 from sidecar.api.keys import ARRIVED_AT, REQUEST_ID
 from sidecar.api.wire import Handler, json_response
@@ -131,6 +132,7 @@ ERRORS: dict[type[BaseException], Reply] = {
     BatcherClosedError: Reply(503, "draining", "the server is draining", retry_after_s=1),
     DeviceFailedError: Reply(503, "device_failed", "the device failed; the container restarts"),
     DeadlineExceededError: Reply(504, "deadline_exceeded"),
+    StepFailedError: Reply(500, "generation_failed", "generation failed on the device"),
     web.HTTPClientError: Reply(400, "bad_request", "bad request"),
 }
 INTERNAL = Reply(500, "internal_error", "internal error")

@@ -2,6 +2,7 @@
 
     native    /v1/predict, /v1/models, /v1/info
     openai    /v1/embeddings
+    chat      /v1/completions, /v1/chat/completions (generation, streamed or not)
     rerank    /v1/rerank (the Cohere / Jina / vLLM shape)
     jobs      /v1/jobs (durable bulk work; job_lines: the lines of jobs and batches)
     batches   /v1/files, /v1/batches (the OpenAI Batch API on the same runner)
@@ -19,17 +20,18 @@ its engine, and renders the result; it never touches a tokenizer or torch.
 
 from __future__ import annotations
 
-from sidecar.api import admin, batches, health, jobs, native, oip, openai, openapi, rerank
+from sidecar.api import admin, batches, chat, health, jobs, native, oip, openai, openapi, rerank
 
-PROTOCOLS = (native, openai, rerank, oip, jobs, batches, openapi)
+PROTOCOLS = (native, openai, chat, rerank, oip, jobs, batches, openapi)
 # Path prefix -> the error shape of a protocol that has its own (the middleware renders it).
-ERROR_BODIES = {oip.PATH_PREFIX: oip.error_body}
+ERROR_BODIES = {oip.PATH_PREFIX: oip.error_body} | {path: chat.error_body for path in chat.PATHS}
 
 __all__ = [
     "ERROR_BODIES",
     "PROTOCOLS",
     "admin",
     "batches",
+    "chat",
     "health",
     "jobs",
     "native",

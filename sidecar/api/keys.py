@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
@@ -29,6 +30,9 @@ JOBS: web.AppKey[Jobs | None] = web.AppKey("jobs")  # None: SIDECAR_JOBS_DIR is 
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi", bytes)  # the document, rendered once
 ARRIVED_AT: web.RequestKey[float] = web.RequestKey("arrived_at", float)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+# An error -> (status, code, message) by the one table (sidecar.middleware): for the errors a
+# stream meets after its headers went out, rendered in the stream.
+ERROR_REPLY: web.AppKey[Callable[[BaseException], tuple[int, str, str]]] = web.AppKey("error_reply")
 BODY_BYTES: web.RequestKey[int] = web.RequestKey("body_bytes", int)  # charged to BODY_BUDGET
 LEASE: web.RequestKey[Lease] = web.RequestKey("lease")  # the version the request was routed to
 MODEL_VERSION: web.RequestKey[str] = web.RequestKey("model_version", str)  # X-Model-Version

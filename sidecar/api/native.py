@@ -264,6 +264,8 @@ def model_card(service: Service, served: ServedModel) -> dict[str, Any]:
         body["output_schema"] = {
             "results": [{"label": "string", "score": "float", "scores": {"label": "float"}}]
         }
+    elif card.task == "generate":
+        body["context_length"] = card.max_input_tokens  # prompt and output together
     elif card.task == "rerank":
         body["output_schema"] = {
             "results": [{"index": "integer", "relevance_score": "float", "document?": "object"}]
@@ -276,6 +278,7 @@ _TEXT_INPUTS = {
     "parameters": {"truncate": "boolean (false)", "normalize": "boolean (true)"},
 }
 _INPUT_SCHEMAS: dict[str, dict[str, Any]] = {
+    "generate": {"routes": ["/v1/completions", "/v1/chat/completions"]},
     "embed": _TEXT_INPUTS,
     "classify": _TEXT_INPUTS,
     "rerank": {

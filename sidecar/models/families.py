@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sidecar.models import cross_encoder, onnx_model, text_model
+from sidecar.models import cross_encoder, decoder, onnx_model, text_model
 from sidecar.models.errors import ModelLoadError
 from sidecar.models.interface import Family, LoadOptions, Model
 from sidecar.models.snapshot import read_json
@@ -26,6 +26,8 @@ FAMILIES: tuple[Family, ...] = (
     cross_encoder.FAMILY,
     text_model.FAMILY,
     onnx_model.FAMILY,
+    decoder.LLAMA_FAMILY,
+    decoder.GPT2_FAMILY,
 )
 
 

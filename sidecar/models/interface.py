@@ -300,6 +300,8 @@ class LoadOptions:
     task: str | None = None
     max_input_tokens: int | None = None
     backend: str = "torch"
+    # Task `generate`: what sizes the KV cache (`sidecar.models.decoder.GenerationLimits`).
+    generation: Any = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import loaders
 from sidecar.config import Settings
 from sidecar.errors import StartupError
 from sidecar.models import LoadOptions, Model, ModelLoadError
+from sidecar.models.decoder import GenerationLimits
 from sidecar.models.device import resolve_device, resolve_dtype
 from sidecar.models.families import load_model
 from sidecar.models.onnx_model import GRAPH_FILE, has_graph
@@ -158,7 +159,11 @@ def load(
                 mapped=mapped_load(settings.load_mode, device),
             )
         loaded = time.perf_counter()
-        options = LoadOptions(device, dtype, settings.task, settings.max_input_tokens, backend)
+        gen = settings.generation
+        limits = GenerationLimits(gen.max_seqs, gen.max_model_len, gen.kv_fraction)
+        options = LoadOptions(
+            device, dtype, settings.task, settings.max_input_tokens, backend, generation=limits
+        )
         model = load_model(source.directory, weights, options)
         del weights
         built = time.perf_counter()
@@ -170,7 +175,8 @@ def load(
     except (loaders.LoaderError, ModelLoadError) as exc:
         raise StartupError(str(exc)) from exc
     max_input_tokens = model.card.max_input_tokens
-    if max_input_tokens > settings.batch_max_tokens:
+    # A decoder's context is bounded by SIDECAR_GEN_MAX_MODEL_LEN, and prefilled in chunks.
+    if model.card.task != "generate" and max_input_tokens > settings.batch_max_tokens:
         raise StartupError(
             f"the model accepts {max_input_tokens} tokens per input, more than "
             f"SIDECAR_BATCH_MAX_TOKENS={settings.batch_max_tokens}; raise it or set "

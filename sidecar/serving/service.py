@@ -19,14 +19,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from batching import BatchObserver, DeviceFailedError
+from batching import BatchObserver, DeviceFailedError, GenerationObserver
 from sidecar.config import Settings, served_name_from
 from sidecar.errors import DrainingError, ModelNotFoundError, NotReadyError
 from sidecar.models import Inputs, Result
+from sidecar.models.generation import GenerativeModel
 from sidecar.serving import loading
 from sidecar.serving.cache import ResponseCache
 from sidecar.serving.canary import CanaryGuard
 from sidecar.serving.engine import Engine, Executors, batch_config
+from sidecar.serving.generation import GenerationEngine
 from sidecar.serving.loading import Loaded, LoadReport
 from sidecar.serving.policy import room, swap_policy
 from sidecar.serving.registry import Registry
@@ -57,6 +59,8 @@ class ServedModel:
     created: int
     engine: Engine
     report: LoadReport
+    # Task `generate`: the decoder's generation engine (its `engine` refuses other tasks).
+    generation: GenerationEngine | None = None
 
 
 class Service:
@@ -178,6 +182,7 @@ class Service:
             cache=self.cache,
         )
         await engine.start(timings)
+        generation = await self._start_generation(loaded)
         if self._name is None:
             registry = self.registry
             source = registry.root.name if registry and registry.root else loaded.source_name
@@ -188,6 +193,7 @@ class Service:
             created=int(time.time()),
             engine=engine,
             report=loaded.report,
+            generation=generation,
         )
 
     async def _start_version(self, name: str) -> ServedModel:
@@ -213,6 +219,8 @@ class Service:
         if served is None:
             return
         version.served = None
+        if served.generation is not None:
+            await served.generation.stop()
         await served.engine.stop()
         device = served.engine.card.device
         del served  # the last reference to the engine and its model
@@ -233,6 +241,22 @@ class Service:
         version = registry.stable() if registry is not None else None
         return version.served if version is not None else None
 
+    async def _start_generation(self, loaded: Loaded) -> GenerationEngine | None:
+        """A decoder's generation engine, started; None for other models."""
+        if not isinstance(loaded.model, GenerativeModel) or loaded.model.card.task != "generate":
+            return None
+        observer = self._observer
+        generation = GenerationEngine(
+            loaded.model,
+            self.settings.generation,
+            queue_max=self.settings.queue_max,
+            device=self._executors.device,
+            prepare=self._executors.prepare,
+            observer=observer if isinstance(observer, GenerationObserver) else GenerationObserver(),
+        )
+        await generation.start()
+        return generation
+
     def _progress(self, done: int, total: int) -> None:
         self.loaded_bytes = done
 
@@ -248,6 +272,8 @@ class Service:
         """Why the process can serve no more (only a restart helps), or None."""
         if self.served is None:
             return None
+        if self.served.generation is not None:
+            return self.served.generation.failure(self.settings.forward_timeout_s)
         return self.served.engine.failure(self.settings.forward_timeout_s)
 
     def check_ready(self) -> None:
@@ -386,6 +412,8 @@ class Service:
             await self.registry.stop()
             for version in self.registry.versions.values():
                 if version.served is not None:
+                    if version.served.generation is not None:
+                        await version.served.generation.stop()
                     await version.served.engine.stop()
         self._executors.shutdown()
         return drained

@@ -157,7 +157,7 @@ def test_no_tokenizer_json_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported"),
+        ({"model_type": "t5"}, "model_type 't5' is not supported"),
         ({"hidden_act": "swish"}, "hidden_act 'swish' is not supported"),
         ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key'"),
         ({"num_attention_heads": 5}, "not a multiple of num_attention_heads 5"),
