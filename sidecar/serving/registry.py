@@ -379,7 +379,9 @@ class Registry:
                 spare -= 1
         for version in self.versions.values():
             if version.state is VersionState.READY and version.name not in keep:
-                task = asyncio.create_task(self._retire(version), name=f"retire-{version.name}")
+                # Draining from now on: no later pass can route to it before it is gone.
+                self._drain(version)
+                task = asyncio.create_task(self._unload(version), name=f"retire-{version.name}")
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
 
@@ -387,6 +389,12 @@ class Registry:
         """Drain a version (its admitted requests finish), stop it and free its memory."""
         if not version.resident or version.state is VersionState.DRAINING:
             return
+        self._drain(version)
+        await self._unload(version)
+
+    def _drain(self, version: Version) -> None:
+        """Take a version out of the routing and mark it draining (no request is routed to it
+        any more; those admitted before finish)."""
         traffic = self.traffic
         if version.name in traffic.names():
             self.traffic = traffic.without(version.name)
@@ -394,6 +402,9 @@ class Registry:
                 self.history = [n for n in self.history if n != version.name] + [version.name]
         version.move(VersionState.DRAINING, version.reason)  # a rollback's reason stays
         logger.info("draining version %s: %d requests in flight", version.name, version.inflight)
+
+    async def _unload(self, version: Version) -> None:
+        """Once a draining version's requests are done, stop it and free its memory."""
         if not await version.idle(self._drain_timeout_s):
             logger.warning("version %s: drain timeout with %d requests in flight",
                            version.name, version.inflight)  # fmt: skip

@@ -202,9 +202,7 @@ class Service:
         registry = self.registry
         assert registry is not None and registry.root is not None
         loop = asyncio.get_running_loop()
-        load = functools.partial(
-            loading.load, self.settings, spec=str(registry.root / name), warm=False
-        )
+        load = functools.partial(_load_version, self.settings, str(registry.root / name))
         loaded = await loop.run_in_executor(self._executors.load, load)
         registry.warming(name)
         warm = functools.partial(loading.warm_up, loaded.model, self.settings)
@@ -223,9 +221,12 @@ class Service:
             await served.generation.stop()
         await served.engine.stop()
         device = served.engine.card.device
-        del served  # the last reference to the engine and its model
+        # The last reference goes to the device thread: freeing a model's tensors and modules
+        # takes long enough (0.7 s of CPU measured for the demo model) to stall the loop.
+        last = [served]
+        del served
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executors.device, _release, device)
+        await loop.run_in_executor(self._executors.device, _release, last, device)
 
     def _room(self, resident_bytes: int) -> int | None:
         """Bytes free for another version (`policy.room`)."""
@@ -423,7 +424,19 @@ def _ignore(seconds: float) -> None:
     pass
 
 
-def _release(device: str) -> None:
-    """Collect a retired version's tensors and hand the memory back (on the device thread)."""
+def _load_version(settings: Settings, spec: str) -> Loaded:
+    """`loading.load` of a version without its warm-up, then a full collection on this thread:
+    building a model allocates enough objects to set off the collector, which would otherwise
+    run on whichever thread allocates next (the event loop's, for a stall of a few tenths of a
+    second)."""
+    loaded = loading.load(settings, spec=spec, warm=False)
+    gc.collect()
+    return loaded
+
+
+def _release(last: list[ServedModel], device: str) -> None:
+    """Drop a retired version, collect its tensors and hand the memory back (on the device
+    thread)."""
+    last.clear()
     gc.collect()
     loading.release_memory(device)

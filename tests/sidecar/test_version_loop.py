@@ -30,7 +30,7 @@ async def test_swaps_leave_the_loop_free(
     async def load() -> None:
         while not stop.is_set():
             async with s.uds.post("/v1/predict", json={"inputs": ["a sentence"] * 4}) as r:
-                assert r.status == 200
+                assert r.status == 200, await r.text()
                 served.append(r.headers["X-Model-Version"])
 
     clients = [asyncio.create_task(load()) for _ in range(4)]
