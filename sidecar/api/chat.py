@@ -123,6 +123,7 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
         "object": "chat.completion.chunk" if chat else "text_completion",
         "created": int(time.time()),
         "model": served.name,
+        "model_version": served.version,  # as every inference body (DESIGN section 12)
     }
     try:
         if parsed.stream:
