@@ -428,9 +428,11 @@ def _load_version(settings: Settings, spec: str) -> Loaded:
     """`loading.load` of a version without its warm-up, then a full collection on this thread:
     building a model allocates enough objects to set off the collector, which would otherwise
     run on whichever thread allocates next (the event loop's, for a stall of a few tenths of a
-    second)."""
+    second). What survives it lives as long as the version: frozen out of the collector's
+    sight (as start-up's objects are), so that later collections on the loop stay short."""
     loaded = loading.load(settings, spec=spec, warm=False)
     gc.collect()
+    gc.freeze()
     return loaded
 
 
@@ -438,5 +440,7 @@ def _release(last: list[ServedModel], device: str) -> None:
     """Drop a retired version, collect its tensors and hand the memory back (on the device
     thread)."""
     last.clear()
+    gc.unfreeze()  # a retired version's cycles, frozen at its load, become collectable
     gc.collect()
+    gc.freeze()
     loading.release_memory(device)
