@@ -12,14 +12,15 @@ and the facts of the device it runs on. Each backend gives one float32 row per i
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from sidecar.models.bert import BertEncoder
+from sidecar.models.bert import BertEncoder, Layer
 from sidecar.models.device import OnTorchDevice
 from sidecar.models.pooling import pool
 from sidecar.models.tokens import Batch
@@ -65,6 +66,15 @@ class Backend(Protocol):
         """One float32 row per item of the batch (filler rows dropped)."""
         ...
 
+    @property
+    def steps(self) -> int:
+        """How many steps `run_steps` takes (1: the pass cannot pause)."""
+        ...
+
+    def run_steps(self, batch: Batch) -> Generator[None, None, Rows]:
+        """`run` in `steps` steps, pausing (yielding) between each two."""
+        ...
+
     def is_oom(self, exc: BaseException) -> bool: ...
 
     def is_fatal(self, exc: BaseException) -> bool: ...
@@ -89,18 +99,47 @@ class TorchBackend(OnTorchDevice):
         self.device = weight.device
         self.dtype = weight.dtype
 
+    @property
+    def steps(self) -> int:
+        """How many steps `run_steps` takes: the embeddings, then two per encoder layer."""
+        return 1 + 2 * len(self.encoder.layers)
+
     def run(self, batch: Batch) -> Rows:
-        items = batch.num_items
         with torch.inference_mode():
             hidden, mask = self.encoder.encode(batch)  # (B, T, H), (B, T)
-            if self.head.output == "pooled":
-                hidden = hidden.float()  # (B, T, H): pool in fp32 whatever the model dtype
-                pooled = pool(hidden, mask.to(hidden.dtype), self.head.pooling)  # (B, D)
-                return pooled[:items].cpu().numpy()
-            logits = self.encoder.classify(hidden).float()  # (B, L)
-            if self.head.output == "probabilities":
-                logits = activate(logits, multi_label=self.head.multi_label)
-            return logits[:items].cpu().numpy()
+            return self._rows(hidden, mask, batch.num_items)
+
+    def run_steps(self, batch: Batch) -> Generator[None, None, Rows]:
+        """`run` in `steps` steps with a pause between each two, the same rows bit for bit.
+
+        The device thread can run another pass at a pause (an interactive batch while this one
+        is a job's), so a job's batch delays it by one step (half a layer) instead of a whole
+        pass. Each step
+        enters inference mode itself: only tensors are held across a pause, and a pass that is
+        dropped at a pause leaves no mode behind on any thread.
+        """
+        with torch.inference_mode():
+            hidden, mask, attention = self.encoder.embed(batch)
+        for layer in cast("Iterable[Layer]", self.encoder.layers):
+            yield
+            with torch.inference_mode():
+                hidden = layer.attend(hidden, attention)
+            yield
+            with torch.inference_mode():
+                hidden = layer.feed(hidden)
+        with torch.inference_mode():
+            return self._rows(hidden, mask, batch.num_items)
+
+    def _rows(self, hidden: torch.Tensor, mask: torch.Tensor, items: int) -> Rows:
+        """What the head gives of token states (B, T, H): the first `items` rows."""
+        if self.head.output == "pooled":
+            hidden = hidden.float()  # (B, T, H): pool in fp32 whatever the model dtype
+            pooled = pool(hidden, mask.to(hidden.dtype), self.head.pooling)  # (B, D)
+            return pooled[:items].cpu().numpy()
+        logits = self.encoder.classify(hidden).float()  # (B, L)
+        if self.head.output == "probabilities":
+            logits = activate(logits, multi_label=self.head.multi_label)
+        return logits[:items].cpu().numpy()
 
 
 def activate(logits: torch.Tensor, *, multi_label: bool) -> torch.Tensor:

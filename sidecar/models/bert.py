@@ -201,7 +201,14 @@ class Layer(nn.Module):
         self.approximate = _GELU_APPROXIMATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attn_norm(x + self.attn(x, mask))
+        return self.feed(self.attend(x, mask))
+
+    def attend(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The first half of `forward`: attention and its residual."""
+        return self.attn_norm(x + self.attn(x, mask))  # type: ignore[no-any-return]
+
+    def feed(self, x: torch.Tensor) -> torch.Tensor:
+        """The second half of `forward`: the feed-forward block and its residual."""
         h = F.gelu(self.up(x), approximate=self.approximate)  # (B, T, intermediate)
         return self.mlp_norm(x + self.down(h))  # type: ignore[no-any-return]
 
@@ -254,6 +261,18 @@ class BertEncoder(nn.Module):
 
         Call under `torch.inference_mode()`.
         """
+        x, mask, attention = self.embed(batch)
+        for layer in self.layers:
+            x = layer(x, attention)
+        return x, mask
+
+    def embed(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The first step of `encode`: the embeddings (B, T, H) of a collated batch on our
+        device, its mask (B, T) bool, and the attention mask (B, 1, 1, T) each layer takes
+        (None when nothing is padded). `encode` is this, then each of `layers` in turn.
+
+        Call under `torch.inference_mode()`.
+        """
         num_tokens = batch.input_ids.shape[1]
         if num_tokens > self.config.max_positions:
             raise ValueError(
@@ -264,7 +283,9 @@ class BertEncoder(nn.Module):
         token_type_ids = batch.token_type_ids.to(device, non_blocking=True)
         mask = batch.attention_mask.to(device, non_blocking=True)  # (B, T) bool
         # `padded` was found on the host while collating: no device sync to ask the mask.
-        return self(input_ids, token_type_ids, mask if batch.padded else None), mask
+        attention = mask[:, None, None, :] if batch.padded else None  # (B, 1, 1, T)
+        positions = self._position_ids(input_ids)
+        return self.embeddings(input_ids, token_type_ids, positions), mask, attention
 
     def classify(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_labels) from token states (B, T, H)."""

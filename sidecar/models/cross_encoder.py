@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,15 @@ class CrossEncoder:
     def forward(self, batch: Batch) -> npt.NDArray[np.float32]:
         """(N,) relevance logits in fp32 of the batch's N items (filler rows dropped)."""
         return self.backend.run(batch)[:, 0]  # (N, 1) -> (N,)
+
+    @property
+    def steps(self) -> int:
+        return self.backend.steps
+
+    def forward_steps(self, batch: Batch) -> Generator[None, None, npt.NDArray[np.float32]]:
+        """`forward` in `steps` steps (`interface.SteppedModel`)."""
+        rows = yield from self.backend.run_steps(batch)
+        return rows[:, 0]
 
     def is_oom(self, exc: BaseException) -> bool:
         return self.backend.is_oom(exc)

@@ -22,10 +22,10 @@ can name these types without importing what the models need.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -284,6 +284,22 @@ class Model(Protocol[ItemT, BatchT, OutputT]):
 
     def release_memory(self) -> None:
         """Return cached device memory after an out-of-memory error (on the device thread)."""
+        ...
+
+
+@runtime_checkable
+class SteppedModel(Protocol):
+    """A model whose forward pass can pause between steps (a BERT-family encoder in torch:
+    between its layers). The batcher runs a job's batches this way, so that an interactive
+    batch waits for one step of it rather than the whole pass (`batching.lanes`)."""
+
+    @property
+    def steps(self) -> int:
+        """How many steps `forward_steps` takes (1: the pass cannot pause)."""
+        ...
+
+    def forward_steps(self, batch: Any) -> Generator[None, None, Iterable[Any]]:
+        """`forward`, yielding between steps; each step runs on the device thread."""
         ...
 
 

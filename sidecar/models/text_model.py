@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,14 @@ class TextModel:
         """(N, D) pooled embeddings before normalisation, or (N, L) label probabilities, of the
         batch's N items (filler rows dropped)."""
         return self.backend.run(batch)
+
+    @property
+    def steps(self) -> int:
+        return self.backend.steps
+
+    def forward_steps(self, batch: Batch) -> Generator[None, None, Rows]:
+        """`forward` in `steps` steps (`interface.SteppedModel`)."""
+        return (yield from self.backend.run_steps(batch))
 
     def is_oom(self, exc: BaseException) -> bool:
         return self.backend.is_oom(exc)
