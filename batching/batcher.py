@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -49,7 +50,9 @@ from batching.errors import (
 )
 from batching.lanes import BulkLane
 from batching.observer import BatchObserver
+from batching.passes import Passes
 from batching.queue import Entry, ItemQueue, fail, withdraw
+from batching.steps import Steps
 from batching.window import close_in
 
 logger = logging.getLogger(__name__)
@@ -89,9 +92,10 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         run_executor: Executor | None = None,
         prepare_executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        run_steps: Callable[[PreparedT], Steps[ResultT]] | None = None,
+        steps: int = 1,
     ) -> None:
         self._prepare = prepare
-        self._run = run
         self.config = config
         self._observer = observer or BatchObserver()
         self._device = Device(
@@ -108,8 +112,10 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         self._clock = clock
         self._queue: ItemQueue[ItemT, ResultT] = ItemQueue()
         self._bulk: BulkLane[ItemT, ResultT] = BulkLane(
-            config.bulk_guard_s, config.bulk_floors, clock
+            config.bulk_guard_s, config.bulk_floors, clock, steps=steps if run_steps else 1
         )
+        self._window_closes_at: float | None = None  # of the interactive items queued
+        self._passes = Passes(prepare, run, run_steps if steps > 1 else None, self._device, clock)
         self._seq = itertools.count()
         self._arrivals = ArrivalRate()
         self._admission = Admission(config.queue_max)
@@ -279,7 +285,11 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         if self._inflight >= 2:
             return math.inf
         oldest = self._queue.oldest(now)
-        if self._inflight == 0 and self._bulk.due(now, interactive_waiting=oldest is not None):
+        self._window_closes_at = None if oldest is None else self._window_closes_at
+        if self._inflight == 0:
+            self._bulk.resume.set()  # a paused bulk pass looks again
+        idle = self._inflight == 0 and not self._bulk.running
+        if idle and self._bulk.due(now, interactive_waiting=oldest is not None):
             self._dispatch(now, self.token_budget(now), full_only=False, bulk=True)
             return 0.0
         if oldest is None or (self._inflight and self._bulk.overdue(now)):
@@ -300,6 +310,7 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         )
         if wait_s == 0.0:
             self._dispatch(now, budget, full_only=False)
+        self._window_closes_at = now + wait_s
         return wait_s
 
     def _dispatch(self, now: float, budget: int, *, full_only: bool, bulk: bool = False) -> bool:
@@ -320,13 +331,15 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             return False
         idle = self._inflight == 0
         start = max(batch[0].enqueued_at, self._idle_since)
-        self._inflight += 1
+        stepped = bulk and self._passes.can_step
+        self._inflight += 0 if stepped else 1  # a stepped pass leaves the device between steps
         dispatch = Dispatch(
             overlap=not idle,
             wait_s=now - start if idle and not bulk else 0.0,
             observe_from=start if idle and config.adaptive and not bulk else None,
             dispatched_at=now,
             bulk=bulk,
+            stepped=stepped,
         )
         task = asyncio.create_task(self._process(batch, dispatch), name="batcher-batch")
         self._tasks.add(task)
@@ -348,16 +361,19 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
                     )
             await self._execute(batch, prepared, dispatch)
         finally:
-            self._inflight -= 1
+            self._inflight -= 0 if dispatch.stepped else 1
             done = self._clock()
             if dispatch.observe_from is not None:
                 end = min(done, dispatch.observe_from + self.config.window_s)
                 self._arrivals.observe(dispatch.observe_from, end)
-            if self._inflight == 0:
+            if self._inflight == 0 and not dispatch.stepped:
                 self._idle_since = done
-            if dispatch.bulk:
-                for waited_s in self._bulk.ended(done, self._queue):
-                    self._observer.on_interactive_wait(waited_s)
+            waits = [dispatch.bulk_wait_s] * len(batch) if dispatch.bulk_wait_s else []
+            if dispatch.bulk:  # a stepped pass's waits were counted as interactive batches ran
+                ended = self._bulk.ended(done, self._queue)
+                waits = [] if dispatch.stepped else ended
+            for waited_s in waits:
+                self._observer.on_interactive_wait(waited_s)
             self._wakeup.set()
 
     async def _execute(
@@ -367,7 +383,11 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         dispatch: Dispatch,
     ) -> None:
         try:
-            run = await self._device.call(self._run_in_thread, batch, prepared)
+            if dispatch.stepped:
+                between = functools.partial(self._bulk.pause, self._may_step)
+                run = await self._passes.stepped(batch, prepared, between)
+            else:
+                run = await self._device.call(self._passes.whole, batch, prepared, dispatch)
         except Exception as exc:
             padded_tokens = self.config.padded_tokens(len(batch), max(e.cost for e in batch))
             out_of_memory = self._device.take_failure(exc, padded_tokens)
@@ -417,17 +437,12 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
             self._bulk.observe_interactive(padded_tokens)
         self._observer.on_batch(dispatch.stats(live, padded_tokens, started, elapsed))
 
-    def _run_in_thread(
-        self, batch: list[Entry[ItemT, ResultT]], prepared: PreparedT | None
-    ) -> tuple[list[Entry[ItemT, ResultT]], Sequence[ResultT], float, float]:
-        live = [e for e in batch if not e.dropped]
-        if not live:
-            return live, [], self._clock(), 0.0
-        if prepared is None or len(live) != len(batch):
-            prepared = self._prepare([e.item for e in live])
-        started = self._clock()
-        results = self._run(prepared)
-        return live, results, started, self._clock() - started
+    def _may_step(self) -> bool:
+        passes, now = self._passes, self._clock()
+        closes_at = self._window_closes_at
+        return self._bulk.may_step(
+            now, self._inflight, closes_at, passes.step_ended_at, passes.step_s
+        )
 
     def _abandon(self, entries: list[Entry[ItemT, ResultT]], reason: str | None) -> None:
         count = withdraw(entries, (self._queue, self._bulk.queue))

@@ -19,6 +19,8 @@ class Dispatch:
     observe_from: float | None  # the arrival rate learns from this moment on (adaptive mode)
     dispatched_at: float
     bulk: bool = False  # a batch of the bulk lane (`batching.lanes`)
+    stepped: bool = False  # a bulk batch run a step per device call (`batching.steps`)
+    bulk_wait_s: float | None = None  # how long a step of a bulk pass held this batch back
 
     def stats(
         self, live: Sequence[Any], padded_tokens: int, started: float, elapsed: float

@@ -12,15 +12,24 @@ interactive items leave.
   next moment the device frees goes to one bulk batch (the interactive batch that would have
   been prepared meanwhile waits for it), so a job keeps moving under constant interactive load,
   at one bulk batch per `guard_s` at least.
+- Stepped passes (`batching.steps`, when the model's pass can pause between layers): a bulk
+  batch runs a step per device call and holds `steps` times the tokens above, so one step costs
+  about one short pass. It leaves the device between steps: interactive batches are dispatched
+  as on an idle device and run at the next pause, and the bulk pass waits while one is in
+  flight or due before its next step would end. Once it has waited `guard_s`, the starvation
+  guard runs the rest of it without pauses (one bulk batch per `guard_s` at least, as above).
 - Bulk items have no deadline and no admission bound: their submitter bounds how many it has
   queued at once.
 
-`interactive_waits` measures what bulk batches cost interactive items: for each interactive item
-that arrived while a bulk batch ran, how long it waited for that batch to end.
+What bulk batches cost interactive items (`on_interactive_wait`): for each interactive item that
+arrived while a whole bulk batch ran, how long it waited for that batch to end; for a stepped
+pass, how long a step held back the interactive batch dispatched while it ran.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -46,14 +55,19 @@ class BulkLane(Generic[ItemT, ResultT]):
         clock: monotonic seconds.
     """
 
-    def __init__(self, guard_s: float, floors: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, guard_s: float, floors: float, clock: Callable[[], float], *, steps: int = 1
+    ) -> None:
         self.queue: ItemQueue[ItemT, ResultT] = ItemQueue()
         self.guard_s = guard_s
         self.floors = floors
+        self.steps = steps
+        self.resume = asyncio.Event()  # set when a paused stepped pass should look again
         self._clock = clock
         self._last_s = clock()  # when the last bulk batch went (or the lane last emptied)
         self._running_since: float | None = None
         self._typical_tokens = 0.0  # padded tokens of interactive batches, smoothed
+        self._forced = False  # the starvation guard fired for the running stepped pass
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -67,23 +81,64 @@ class BulkLane(Generic[ItemT, ResultT]):
         """Whether the starvation guard asks for the next idle moment."""
         return bool(self.queue) and now - self._last_s >= self.guard_s
 
+    def may_step(
+        self,
+        now: float,
+        inflight: int,
+        window_closes_at: float | None,
+        last_step_end: float,
+        step_s: float,
+    ) -> bool:
+        """Whether a paused stepped pass may take its next step now.
+
+        Args:
+            now: monotonic seconds.
+            inflight: interactive batches dispatched and not ended: they go first.
+            window_closes_at: when the queued interactive items' batch is due (None: none is
+                queued); a step goes only if it would end before.
+            last_step_end: when the pass's latest step ended (for the starvation guard).
+            step_s: how long that step ran.
+        """
+        if self._forced or now - max(self._last_s, last_step_end) >= self.guard_s:
+            self._forced = True  # the guard fired: the pass runs to its end
+            return True
+        if inflight:
+            return False
+        return window_closes_at is None or now + step_s <= window_closes_at
+
+    async def pause(self, may_step: Callable[[], bool]) -> None:
+        """Between two steps of a stepped pass: wait until `may_step()`, asked again each time
+        `resume` is set and at least every `guard_s`."""
+        while not may_step():
+            self.resume.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.guard_s):
+                    await self.resume.wait()
+
+    @property
+    def running(self) -> bool:
+        """A bulk batch left the queue and has not ended."""
+        return self._running_since is not None
+
     def observe_interactive(self, padded_tokens: int) -> None:
         """An interactive batch of `padded_tokens` ran."""
         self._typical_tokens += _SMOOTHING * (padded_tokens - self._typical_tokens)
 
     def token_budget(self, cost: BatchCost, max_tokens: int) -> int:
-        """Padded tokens one bulk batch may hold (a lone longer item still goes alone)."""
+        """Padded tokens one bulk batch may hold (a lone longer item still goes alone): what
+        costs one short pass, times `steps` when the pass runs a step at a time."""
         if not cost.fitted:
             floor = float(UNFITTED_TOKENS)
         elif math.isinf(cost.overhead_tokens):
             return max_tokens  # tokens cost nothing measurable: a full batch is a short pass
         else:
             floor = cost.knee_tokens + self.floors * cost.overhead_tokens
-        return max(1, min(max_tokens, int(max(floor, self._typical_tokens))))
+        return max(1, min(max_tokens, int(self.steps * max(floor, self._typical_tokens))))
 
     def started(self, now: float) -> None:
         """A bulk batch left the queue."""
         self._last_s = self._running_since = now
+        self._forced = False
 
     def ended(self, now: float, interactive: ItemQueue[ItemT, ResultT]) -> list[float]:
         """A bulk batch ended: how long each interactive item that arrived meanwhile waited."""

@@ -6,8 +6,10 @@ rate alone (no traffic). Then turns, in the order A B B A A B ...: A is interact
 an open loop (Poisson arrivals) at S/2 of one-sentence predict requests; B is the same load with
 a 100 000-item job submitted at the start of the turn (cancelled at its end). Reported: p50 and
 p99 of the interactive latency with and without the job (pooled over turns, and their ratios),
-the job's items/s during B turns, and its share of what the load leaves: the job's rate over
-(S - S/2) items/s, and over half its own rate alone. Writes JSON.
+the job's items/s during B turns (from the server's batch counters: all items run, less the
+requests'), and its share of what the load leaves, three ways: over (S - S/2) items/s, over half
+its own rate alone, and over its rate alone times the device time the load leaves idle (the
+forward-pass seconds per second of the A turns). Writes JSON, turn by turn too.
 
     flock /tmp/bench.lock python -m benchmarks.job_interference --rounds 1
 """
@@ -73,13 +75,22 @@ async def stop_job(session: aiohttp.ClientSession, base: str, job_id: str) -> No
         await r.read()
 
 
-async def job_rate(session: aiohttp.ClientSession, base: str, job_id: str, seconds: float) -> float:
-    first = await job_progress(session, base, job_id)
-    began = time.perf_counter()
+async def items_run(served: Served) -> float:
+    """Items the server's forward passes have run so far, interactive and job items alike (a
+    job's progress moves by whole micro-batches of 256 lines: too coarse for a turn)."""
+    return (await served.metrics())["sidecar_batch_size_sum"]
+
+
+async def device_s(served: Served) -> float:
+    """Seconds the server's forward passes have run so far."""
+    return (await served.metrics())["sidecar_inference_duration_seconds_sum"]
+
+
+async def job_rate(served: Served, seconds: float) -> float:
+    """Items/s of a job running alone."""
+    first, began = await items_run(served), time.perf_counter()
     await asyncio.sleep(seconds)
-    last = await job_progress(session, base, job_id)
-    elapsed = time.perf_counter() - began
-    return (last["progress"]["completed"] - first["progress"]["completed"]) / elapsed
+    return (await items_run(served) - first) / (time.perf_counter() - began)
 
 
 def short_texts(count: int, max_words: int) -> list[str]:
@@ -113,11 +124,13 @@ async def measure(
         capacity = saturated.ok / saturated.elapsed_s
         rate = capacity * args.load
         job_id = await start_job(session, base, texts)
-        alone = await job_rate(session, base, job_id, args.seconds / 2)
+        alone = await job_rate(served, args.seconds / 2)
         await stop_job(session, base, job_id)
 
         pooled: dict[str, LoadResult] = {"without": LoadResult(), "with": LoadResult()}
         rates: list[float] = []
+        turns: list[dict[str, Any]] = []
+        busy: dict[str, list[float]] = {"without": [], "with": []}
         before = await served.metrics()
         order = ["without", "with", "with", "without"] * args.rounds
         count = int(rate * args.seconds)
@@ -126,8 +139,13 @@ async def measure(
             load = bodies[start : start + count]
             if kind == "with":
                 job_id = await start_job(session, base, texts)
-                meter = asyncio.create_task(job_rate(session, base, job_id, args.seconds * 0.9))
+            first, ran, began = await items_run(served), await device_s(served), time.perf_counter()
             result = await open_loop(session, url, load, rate, seed=turn)
+            items, elapsed = await items_run(served) - first, time.perf_counter() - began
+            busy[kind].append((await device_s(served) - ran) / elapsed)
+            turns.append(
+                {"kind": kind, **result.summary(), "device_busy": round(busy[kind][-1], 3)}
+            )
             target = pooled[kind]
             target.sent += result.sent
             target.ok += result.ok
@@ -136,12 +154,14 @@ async def measure(
             for code, n in result.errors.items():
                 target.errors[code] = target.errors.get(code, 0) + n
             if kind == "with":
-                rates.append(await meter)
+                rates.append((items - result.ok) / elapsed)  # a request is one item
+                turns[-1]["job_per_s"] = round(rates[-1], 1)
                 await stop_job(session, base, job_id)
         after = await served.metrics()
     without, with_job = pooled["without"].summary(), pooled["with"].summary()
     job_loaded = sum(rates) / len(rates)
     left = capacity - rate
+    busy_without = sum(busy["without"]) / len(busy["without"])
     return {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
@@ -152,7 +172,7 @@ async def measure(
         "saturated_per_s": round(capacity, 1),
         "load_per_s": round(rate, 1),
         "seconds_per_turn": args.seconds,
-        "turns": order,
+        "turns": turns,
         "without_job": without,
         "with_job": with_job,
         "p50_ratio": round(with_job["p50_ms"] / without["p50_ms"], 3),
@@ -161,6 +181,11 @@ async def measure(
         "job_under_load_per_s": round(job_loaded, 1),
         "job_share_of_left_capacity": round(job_loaded / left, 3),
         "job_share_of_its_alone_rate_left": round(job_loaded / (alone * (1 - args.load)), 3),
+        # The device time the load leaves: forward passes of small batches cost more per item
+        # than the saturated ones S was measured with, so the load takes more than its share.
+        "device_busy_without_job": round(busy_without, 3),
+        "device_busy_with_job": round(sum(busy["with"]) / len(busy["with"]), 3),
+        "job_share_of_device_time_left": round(job_loaded / (alone * (1 - busy_without)), 3),
         "interactive_wait_on_jobs_s": histogram_delta(before, after, WAIT_METRIC),
     }
 

@@ -13,14 +13,22 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from batching import BatchConfig, Batcher, BatchObserver, DeadlineExceededError
 from sidecar.config import CPU_MAX_SIZE, CUDA_MAX_SIZE, Settings
-from sidecar.models import MAX_CHARS_PER_TOKEN, Inputs, Model, ModelCard, Prepared, Result
+from sidecar.models import (
+    MAX_CHARS_PER_TOKEN,
+    Inputs,
+    Model,
+    ModelCard,
+    Prepared,
+    Result,
+    SteppedModel,
+)
 from sidecar.serving.cache import MISS, Key, ResponseCache
 from sidecar.serving.shapes import shape_buckets
 
@@ -80,6 +88,8 @@ class Engine:
             is_fatal=model.is_fatal,
             run_executor=executors.device,
             prepare_executor=executors.collate,
+            run_steps=self._forward_steps if isinstance(model, SteppedModel) else None,
+            steps=model.steps if isinstance(model, SteppedModel) else 1,
         )
 
     async def start(self, warmup_timings: Iterable[tuple[int, float]] = ()) -> None:
@@ -177,6 +187,10 @@ class Engine:
 
     def _forward(self, batch: Any) -> Sequence[Any]:
         return list(self.model.forward(batch))
+
+    def _forward_steps(self, batch: Any) -> Generator[None, None, Sequence[Any]]:
+        assert isinstance(self.model, SteppedModel)
+        return list((yield from self.model.forward_steps(batch)))
 
 
 @dataclass(frozen=True)
