@@ -12,6 +12,7 @@ and the facts of the device it runs on. Each backend gives one float32 row per i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +22,7 @@ import torch
 
 from sidecar.models.bert import BertEncoder
 from sidecar.models.device import OnTorchDevice
+from sidecar.models.graphs import Capture, GraphRunner
 from sidecar.models.pooling import pool
 from sidecar.models.tokens import Batch
 
@@ -71,6 +73,11 @@ class Backend(Protocol):
 
     def release_memory(self) -> None: ...
 
+    def capture(self, shapes: Sequence[tuple[int, int]]) -> None:
+        """Capture CUDA graphs of these (rows, length) shapes where the backend has them (after
+        warm-up passes of each, on the device thread); a no-op elsewhere."""
+        ...
+
 
 class TorchBackend(OnTorchDevice):
     """A BERT-family encoder in torch and what follows it: pooling in fp32, or its head.
@@ -78,29 +85,49 @@ class TorchBackend(OnTorchDevice):
     Args:
         encoder: the encoder, with a classification head unless the head's output is `pooled`.
         head: what to give.
+        capture: with CUDA graphs made by this (`graphs.CudaCapture`; `graphs.RerunCapture`
+            for the dry path): batches of a captured shape replay its graph (see graphs.py).
     """
 
     name = "torch"
 
-    def __init__(self, encoder: BertEncoder, head: Head) -> None:
+    def __init__(self, encoder: BertEncoder, head: Head, capture: Capture | None = None) -> None:
         self.encoder = encoder
         self.head = head
         weight = encoder.embeddings.word.weight
         self.device = weight.device
         self.dtype = weight.dtype
+        self.graphs = None if capture is None else GraphRunner(self.rows, self.device, capture)
 
     def run(self, batch: Batch) -> Rows:
-        items = batch.num_items
         with torch.inference_mode():
-            hidden, mask = self.encoder.encode(batch)  # (B, T, H), (B, T)
-            if self.head.output == "pooled":
-                hidden = hidden.float()  # (B, T, H): pool in fp32 whatever the model dtype
-                pooled = pool(hidden, mask.to(hidden.dtype), self.head.pooling)  # (B, D)
-                return pooled[:items].cpu().numpy()
-            logits = self.encoder.classify(hidden).float()  # (B, L)
-            if self.head.output == "probabilities":
-                logits = activate(logits, multi_label=self.head.multi_label)
-            return logits[:items].cpu().numpy()
+            rows = None if self.graphs is None else self.graphs.replay(batch)
+            if rows is None:
+                hidden, mask = self.encoder.encode(batch)  # (B, T, H), (B, T)
+                rows = self.head_rows(hidden, mask)
+            return rows[: batch.num_items].cpu().numpy()
+
+    def rows(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The head's rows (B, D) float32 of device inputs (B, T), the mask always applied (the
+        pass a CUDA graph records)."""
+        return self.head_rows(self.encoder(input_ids, token_type_ids, mask), mask)
+
+    def head_rows(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The head's rows (B, D) float32 on the device, from token states (B, T, H)."""
+        if self.head.output == "pooled":
+            hidden = hidden.float()  # (B, T, H): pool in fp32 whatever the model dtype
+            return pool(hidden, mask.to(hidden.dtype), self.head.pooling)  # (B, D)
+        logits = self.encoder.classify(hidden).float()  # (B, L)
+        if self.head.output == "probabilities":
+            logits = activate(logits, multi_label=self.head.multi_label)
+        return logits
+
+    def capture(self, shapes: Sequence[tuple[int, int]]) -> None:
+        if self.graphs is not None:
+            with torch.inference_mode():
+                self.graphs.capture(shapes)
 
 
 def activate(logits: torch.Tensor, *, multi_label: bool) -> torch.Tensor:

@@ -24,6 +24,7 @@ from sidecar.models.backend import Backend, Head, TorchBackend
 from sidecar.models.bert import MODEL_TYPES, BertConfig, build_encoder
 from sidecar.models.device import device_uuid, dtype_name
 from sidecar.models.errors import InputTooLongError, ModelLoadError, WrongInputsError
+from sidecar.models.graphs import cuda_capture
 from sidecar.models.interface import (
     MAX_CHARS_PER_TOKEN,
     Family,
@@ -189,6 +190,7 @@ class CrossEncoder:
             (padded tokens, seconds) of each shape's second pass (the first also allocates).
         """
         top = min(self.max_input_tokens, max_tokens)
+        given = shapes is not None
         if shapes is None:
             shapes = [
                 (size, length)
@@ -209,6 +211,8 @@ class CrossEncoder:
             self.forward(self.collate(pairs))
             timings.append((size * length, time.perf_counter() - started))
         logger.info("warmed up on %d shapes (batch, tokens): %s", len(shapes), shapes)
+        if given:
+            self.backend.capture(shapes)  # CUDA graphs of the bucket shapes, when asked for
         return timings
 
 
@@ -267,7 +271,8 @@ def load(
         encoder = build_encoder(
             config, weights, with_head=True, device=options.device, dtype=options.dtype
         )
-        return TorchBackend(encoder, head)
+        capture = cuda_capture(options.device, options.cuda_graphs)
+        return TorchBackend(encoder, head, capture)
 
     return build(directory, options, backend)
 

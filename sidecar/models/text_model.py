@@ -24,6 +24,7 @@ from sidecar.models.backend import Backend, Head, TorchBackend
 from sidecar.models.bert import MODEL_TYPES, BertConfig, build_encoder
 from sidecar.models.device import device_uuid, dtype_name
 from sidecar.models.errors import InputTooLongError, ModelLoadError, WrongInputsError
+from sidecar.models.graphs import cuda_capture
 from sidecar.models.interface import (
     MAX_CHARS_PER_TOKEN,
     Classification,
@@ -203,6 +204,7 @@ class TextModel:
             allocation (and on CUDA, kernel selection), which later passes do not.
         """
         top = min(self.max_input_tokens, max_tokens)
+        given = shapes is not None
         if shapes is None:
             shapes = [
                 (size, length)
@@ -222,6 +224,8 @@ class TextModel:
             self.forward(self.collate(seqs))
             timings.append((size * length, time.perf_counter() - started))
         logger.info("warmed up on %d shapes (batch, tokens): %s", len(shapes), shapes)
+        if given:
+            self.backend.capture(shapes)  # CUDA graphs of the bucket shapes, when asked for
         return timings
 
 
@@ -258,7 +262,8 @@ def load(directory: Path, weights: Mapping[str, torch.Tensor], options: LoadOpti
         encoder = build_encoder(
             config, weights, with_head=with_head, device=options.device, dtype=options.dtype
         )
-        return TorchBackend(encoder, head)
+        capture = cuda_capture(options.device, options.cuda_graphs)
+        return TorchBackend(encoder, head, capture)
 
     return build(directory, options, backend)
 
