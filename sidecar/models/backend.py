@@ -12,6 +12,7 @@ and the facts of the device it runs on. Each backend gives one float32 row per i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -97,37 +98,48 @@ class TorchBackend(OnTorchDevice):
         weight = encoder.embeddings.word.weight
         self.device = weight.device
         self.dtype = weight.dtype
-        self.graphs = None if capture is None else GraphRunner(self.rows, self.device, capture)
+        # The graphs' pass holds the encoder and head, not the backend: no reference cycle, so
+        # the graphs go as soon as the model does.
+        graphed = functools.partial(masked_rows, encoder, head)
+        self.graphs = None if capture is None else GraphRunner(graphed, self.device, capture)
 
     def run(self, batch: Batch) -> Rows:
         with torch.inference_mode():
             rows = None if self.graphs is None else self.graphs.replay(batch)
             if rows is None:
                 hidden, mask = self.encoder.encode(batch)  # (B, T, H), (B, T)
-                rows = self.head_rows(hidden, mask)
+                rows = head_rows(self.encoder, self.head, hidden, mask)
             return rows[: batch.num_items].cpu().numpy()
-
-    def rows(
-        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """The head's rows (B, D) float32 of device inputs (B, T), the mask always applied (the
-        pass a CUDA graph records)."""
-        return self.head_rows(self.encoder(input_ids, token_type_ids, mask), mask)
-
-    def head_rows(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The head's rows (B, D) float32 on the device, from token states (B, T, H)."""
-        if self.head.output == "pooled":
-            hidden = hidden.float()  # (B, T, H): pool in fp32 whatever the model dtype
-            return pool(hidden, mask.to(hidden.dtype), self.head.pooling)  # (B, D)
-        logits = self.encoder.classify(hidden).float()  # (B, L)
-        if self.head.output == "probabilities":
-            logits = activate(logits, multi_label=self.head.multi_label)
-        return logits
 
     def capture(self, shapes: Sequence[tuple[int, int]]) -> None:
         if self.graphs is not None:
             with torch.inference_mode():
                 self.graphs.capture(shapes)
+
+
+def masked_rows(
+    encoder: BertEncoder,
+    head: Head,
+    input_ids: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """The head's rows (B, D) float32 of device inputs (B, T), the mask always applied (the
+    pass a CUDA graph records)."""
+    return head_rows(encoder, head, encoder(input_ids, token_type_ids, mask), mask)
+
+
+def head_rows(
+    encoder: BertEncoder, head: Head, hidden: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The head's rows (B, D) float32 on the device, from token states (B, T, H)."""
+    if head.output == "pooled":
+        hidden = hidden.float()  # (B, T, H): pool in fp32 whatever the model dtype
+        return pool(hidden, mask.to(hidden.dtype), head.pooling)  # (B, D)
+    logits = encoder.classify(hidden).float()  # (B, L)
+    if head.output == "probabilities":
+        logits = activate(logits, multi_label=head.multi_label)
+    return logits
 
 
 def activate(logits: torch.Tensor, *, multi_label: bool) -> torch.Tensor:

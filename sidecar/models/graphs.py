@@ -166,7 +166,8 @@ class GraphRunner:
 
         # Valid inputs to capture with: token 0 of type 0, every position real.
         ids, types, mask = filled(torch.int32, 0), filled(torch.int32, 0), filled(torch.bool, True)
-        output, graph = self._capture(lambda: self._forward(ids, types, mask))
+        forward = self._forward  # not `self`: a graph that keeps its pass holds no cycle
+        output, graph = self._capture(lambda: forward(ids, types, mask))
         return Captured(ids, types, mask, output, graph)
 
     def replay(self, batch: Batch) -> torch.Tensor | None:
