@@ -74,9 +74,9 @@ class Backend(Protocol):
 
     def release_memory(self) -> None: ...
 
-    def capture(self, shapes: Sequence[tuple[int, int]]) -> None:
+    def capture(self, shapes: Sequence[tuple[int, int]]) -> bool:
         """Capture CUDA graphs of these (rows, length) shapes where the backend has them (after
-        warm-up passes of each, on the device thread); a no-op elsewhere."""
+        warm-up passes of each, on the device thread); whether any was captured."""
         ...
 
 
@@ -111,10 +111,12 @@ class TorchBackend(OnTorchDevice):
                 rows = head_rows(self.encoder, self.head, hidden, mask)
             return rows[: batch.num_items].cpu().numpy()
 
-    def capture(self, shapes: Sequence[tuple[int, int]]) -> None:
-        if self.graphs is not None:
-            with torch.inference_mode():
-                self.graphs.capture(shapes)
+    def capture(self, shapes: Sequence[tuple[int, int]]) -> bool:
+        if self.graphs is None:
+            return False
+        with torch.inference_mode():
+            self.graphs.capture(shapes)
+        return bool(self.graphs.shapes)
 
 
 def masked_rows(

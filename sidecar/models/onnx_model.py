@@ -102,8 +102,9 @@ class OnnxBackend:
     def release_memory(self) -> None:
         self._graph.release_memory()
 
-    def capture(self, shapes: Sequence[tuple[int, int]]) -> None:
+    def capture(self, shapes: Sequence[tuple[int, int]]) -> bool:
         """No CUDA graphs of ours: ONNX Runtime runs the graph as it is."""
+        return False
 
 
 def _output(outputs: set[str], head: Head, metadata: Mapping[str, str]) -> tuple[str, bool, bool]:

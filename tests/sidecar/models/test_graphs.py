@@ -62,9 +62,12 @@ def batch_of(model: Any, shape: tuple[int, int], items: int) -> Any:
 
 
 def warm(model: Any, shapes: Sequence[tuple[int, int]] = SHAPES) -> GraphRunner:
-    model.warmup(MAX_SIZE, MAX_TOKENS, shapes=shapes)
+    timings = model.warmup(MAX_SIZE, MAX_TOKENS, shapes=shapes)
     runner = model.backend.graphs
     assert isinstance(runner, GraphRunner)
+    assert len(timings) == len(shapes)
+    # With graphs, the timings that seed the batch cost are of replays.
+    assert runner.num_replays == (len(shapes) if runner.shapes else 0)
     return runner
 
 
@@ -111,7 +114,7 @@ def test_a_shape_outside_the_captured_set_runs_eagerly(tmp_path: Path) -> None:
     directory = make_bert_snapshot(tmp_path)
     model, eager = graphed(directory, RerunCapture()), graphed(directory, None)
     runner = warm(model, [(4, 32), (1, 16)])
-    runner.num_eager = 0
+    runner.num_eager = runner.num_replays = 0
     for shape in [(3, 32), (4, 24), (1, 32), (8, 16)]:
         batch = batch_of(model, shape, shape[0])
         np.testing.assert_allclose(model.forward(batch), eager.forward(batch), rtol=1e-5, atol=1e-6)
