@@ -29,6 +29,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -211,7 +212,8 @@ class Rerun:
 
 
 class CudaCapture:
-    """Graphs captured with torch.cuda into one shared pool, on one side stream.
+    """Graphs captured with torch.cuda into one pool shared by the model's graphs, on the
+    device's one capture stream.
 
     The capture mode is thread-local: other threads may use CUDA meanwhile (the loading thread
     copying another version's weights, a collate pinning host memory) without voiding it.
@@ -221,7 +223,7 @@ class CudaCapture:
         self._device = device
         with torch.cuda.device(device):
             self._pool = torch.cuda.graph_pool_handle()
-            self._stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+            self._stream = capture_stream(torch.cuda.current_device())
 
     def __call__(self, run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, Graph]:
         with torch.cuda.device(self._device):
@@ -242,6 +244,14 @@ class CudaCapture:
         torch.cuda.synchronize(self._device)
         free, _total = torch.cuda.mem_get_info(self._device)
         return int(free)
+
+
+@functools.cache
+def capture_stream(index: int) -> torch.cuda.Stream:
+    """The one side stream every model's graphs are captured on, per device (as torch's own
+    `graph.default_capture_stream`): cuBLAS keeps a workspace per stream that outlives the
+    model, so a new stream per model (a version reloaded many times) would add one each."""
+    return torch.cuda.Stream(torch.device("cuda", index))  # type: ignore[no-untyped-call]
 
 
 def cuda_capture(device: torch.device, enabled: bool) -> CudaCapture | None:
