@@ -1,5 +1,6 @@
 """SIDECAR_CUDA_GRAPHS: off by default, `auto` off until measured, `on` only where graphs can be
-captured (a CUDA device, shape buckets, the warm-up, the torch backend)."""
+captured (a CUDA device, shape buckets, the warm-up, the torch backend); the start-up warm-up
+captures every shape it runs."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import torch
 
 from sidecar.config import Settings
 from sidecar.errors import ConfigError, StartupError
+from sidecar.models.graphs import RerunCapture
 from sidecar.serving import loading
 from sidecar.serving.shapes import cuda_graphs
+from tests.sidecar.models.test_graphs import graphed
 from tests.snapshots import make_bert_snapshot
 
 
@@ -57,3 +60,13 @@ def test_graphs_on_with_auto_finding_no_gpu_fails_the_start_up(tmp_path: Path) -
         loading.load(settings)
     served = loading.load(Settings.from_env({"SIDECAR_MODEL": snapshot}))
     assert served.model.backend.graphs is None  # type: ignore[attr-defined]
+
+
+def test_the_start_up_warm_up_captures_every_shape_it_runs(tmp_path: Path) -> None:
+    # On a CPU with buckets on, each length bucket once; the dry path's graphs stand in for CUDA.
+    model = graphed(make_bert_snapshot(tmp_path), RerunCapture())
+    settings = Settings.from_env({"SIDECAR_SHAPE_BUCKETS": "on"})
+    timings = loading.warm_up(model, settings)
+    runner = model.backend.graphs
+    assert runner.shapes == [(1, 16), (1, 24), (1, 32), (1, 48), (1, 64)]
+    assert len(timings) == 5 and runner.num_replays == 5  # the cost's seed: the replays
