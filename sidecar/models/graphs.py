@@ -16,15 +16,16 @@ Invariants:
 - A batch of any other shape runs eagerly, as without graphs.
 - The graph always takes the attention mask (SDPA's masked kernel), also for a batch without
   padding, which the eager pass runs maskless: one graph per shape, not two.
-- Captured largest first, into one memory pool that every graph shares: a pass's intermediates
+- Captured largest first, into one memory pool that the model's graphs share: a pass's intermediates
   are dead once its replay ends and replays never overlap (the one device thread), so each
   smaller capture reuses the blocks of the larger ones; the pool holds about the largest pass's
   working memory. At most `MAX_GRAPHS`; past that, the shapes with the fewest padded tokens,
   where launches weigh most.
 - Out of memory while capturing: every graph is dropped and every pass runs eagerly (a warning,
   start-up goes on). Any other capture error is a `ModelLoadError`.
-- The graphs live as long as their runner (their model): dropping the model frees them and their
-  pool at the next `torch.cuda.empty_cache()`; `release` frees them at once.
+- The graphs live as long as their runner (their model), which no reference cycle holds:
+  dropping the model, or `release`, drops them, and their pool goes back to the device at the
+  next `torch.cuda.empty_cache()`.
 """
 
 from __future__ import annotations
