@@ -15,6 +15,7 @@ hangs or crashes costs its own time only and keeps what it recorded before:
                 and by safetensors' load_file(device=...): bit-identity, GB/s, share of H2D
   attention     the SDPA backend and kernels for a padded and an unpadded batch (profiler)
   forward_grid  forward time over items x tokens, and what batching.BatchCost fits to it
+  graphs        CUDA graphs per bucket shape: eager time / replay time, parity, capture memory
   serve         `python -m sidecar serve` at 1, 16 and 128 clients, GPU use from its /metrics
   oom           a batch too big for a small memory fraction: halved until it fits
   nvml          the GPU gauges with CUDA_VISIBLE_DEVICES set
@@ -54,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import gpu_carry, gpu_machine, gpu_serving, gpu_steps
+from benchmarks import gpu_carry, gpu_graphs, gpu_machine, gpu_serving, gpu_steps
 from benchmarks.gpu_steps import DRY_SIZES, GPU_SIZES, LOAD_TARGET_SHARE, PARITY_MIN_COSINE, Sizes
 from benchmarks.gpu_summary import step_line, summary
 
@@ -115,6 +116,7 @@ STEPS = (
     Step("load", gpu_steps.load, 120),
     Step("attention", gpu_steps.attention, 45, needs_model=True),
     Step("forward_grid", gpu_steps.forward_grid, 60, needs_model=True),
+    Step("graphs", gpu_graphs.graphs, 45, needs_model=True),
     Step("serve", gpu_serving.serve, 180, needs_model=True),
     Step("oom", gpu_serving.oom, 60, needs_model=True),
     Step("nvml", gpu_serving.nvml, 30),

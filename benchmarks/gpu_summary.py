@@ -156,6 +156,21 @@ def _describe_setup(r: dict[str, Any]) -> str:
     return f"{model['kind']}{sized}; {carried}"
 
 
+def _describe_graphs(r: dict[str, Any]) -> str:
+    shapes = ", ".join(
+        f"({s['rows']}, {s['tokens']}) {s['eager_ms']}/{s['graph_ms']} ms"
+        + (f" x{s['ratio']}" if not isinstance(s["ratio"], dict) else "")
+        for s in r["shapes"]
+    )
+    parity, memory = r["parity"], _figure(r["capture_memory_mib"], " MiB")
+    return (
+        f"{len(r['captured'])} captured ({r['capture']}), memory {memory}; "
+        f"eager/replay {shapes}; parity min cosine {parity['min_cosine']} "
+        f"({'met' if parity['passed'] else 'MISSED'} >= {parity['threshold']}); other shape eager: "
+        f"{r['outside_shape']['ran_eagerly']}"
+    )
+
+
 _DESCRIBE: dict[str, Callable[[dict[str, Any]], str]] = {
     "environment": lambda r: f"CUDA {r['cuda_available']}, python {r['python']}",
     "setup": _describe_setup,
@@ -164,6 +179,7 @@ _DESCRIBE: dict[str, Callable[[dict[str, Any]], str]] = {
     "load": _describe_load,
     "attention": _describe_attention,
     "forward_grid": _describe_grid,
+    "graphs": _describe_graphs,
     "serve": _describe_serve,
     "oom": _describe_oom,
     "nvml": _describe_nvml,

@@ -200,6 +200,7 @@ class Settings:
     batch_adaptive: bool = True
     batch_max_padding: float | None = None  # None: by device (serving.engine.CPU_MAX_PADDING)
     shape_buckets: str = "auto"  # auto: on CUDA, not on a CPU (see serving.shapes)
+    cuda_graphs: str = "off"  # auto: off until measured on a GPU (see serving.shapes)
     queue_max: int = 512
     cache_max_items: int = 0  # 0: no response cache
     request_timeout_ms: int = 30000
@@ -260,6 +261,7 @@ class Settings:
             batch_adaptive=env.get("SIDECAR_BATCH_ADAPTIVE", boolean, True),
             batch_max_padding=env.get("SIDECAR_BATCH_MAX_PADDING", float_in(0.0, 1.0), None),
             shape_buckets=env.get("SIDECAR_SHAPE_BUCKETS", choice(("auto", "on", "off")), "auto"),
+            cuda_graphs=env.get("SIDECAR_CUDA_GRAPHS", choice(("auto", "on", "off")), "off"),
             queue_max=(queue_max := env.get("SIDECAR_QUEUE_MAX", int_in(1, 1 << 20), 512)),
             cache_max_items=env.get("SIDECAR_CACHE_MAX_ITEMS", int_in(0, MAX_CACHE_ITEMS), 0),
             request_timeout_ms=env.get("SIDECAR_REQUEST_TIMEOUT_MS", int_in(1, 3_600_000), 30000),
@@ -330,8 +332,22 @@ class Settings:
             raise ConfigError(
                 "SIDECAR_ADMIN_UDS", self.versions.admin_uds, "a socket path other than SIDECAR_UDS"
             )
+        if self.cuda_graphs == "on":
+            self._check_cuda_graphs()
         if self.port == 0 and self.uds is None:
             raise ConfigError("SIDECAR_PORT", "0", "a TCP port, unless SIDECAR_UDS is set")
+
+    def _check_cuda_graphs(self) -> None:
+        """SIDECAR_CUDA_GRAPHS=on: graphs are captured per shape bucket in the torch warm-up."""
+        needs = {
+            "a CUDA device (SIDECAR_DEVICE cuda or auto)": self.device == "cpu",
+            "shape buckets (SIDECAR_SHAPE_BUCKETS auto or on)": self.shape_buckets == "off",
+            "the warm-up (SIDECAR_WARMUP=true)": not self.warmup,
+            "the torch backend (SIDECAR_BACKEND auto or torch)": self.backend == "onnx",
+        }
+        for need, missing in needs.items():
+            if missing:
+                raise ConfigError("SIDECAR_CUDA_GRAPHS", "on", f"off or auto without {need}")
 
     def public(self) -> dict[str, Any]:
         """The effective settings as served at /v1/info, secrets redacted."""

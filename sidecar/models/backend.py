@@ -12,7 +12,8 @@ and the facts of the device it runs on. Each backend gives one float32 row per i
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable
+import functools
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -22,6 +23,7 @@ import torch
 
 from sidecar.models.bert import BertEncoder, Layer
 from sidecar.models.device import OnTorchDevice
+from sidecar.models.graphs import Capture, GraphRunner
 from sidecar.models.pooling import pool
 from sidecar.models.tokens import Batch
 
@@ -81,6 +83,11 @@ class Backend(Protocol):
 
     def release_memory(self) -> None: ...
 
+    def capture(self, shapes: Sequence[tuple[int, int]]) -> bool:
+        """Capture CUDA graphs of these (rows, length) shapes where the backend has them (after
+        warm-up passes of each, on the device thread); whether any was captured."""
+        ...
+
 
 class TorchBackend(OnTorchDevice):
     """A BERT-family encoder in torch and what follows it: pooling in fp32, or its head.
@@ -88,16 +95,22 @@ class TorchBackend(OnTorchDevice):
     Args:
         encoder: the encoder, with a classification head unless the head's output is `pooled`.
         head: what to give.
+        capture: with CUDA graphs made by this (`graphs.CudaCapture`; `graphs.RerunCapture`
+            for the dry path): batches of a captured shape replay its graph (see graphs.py).
     """
 
     name = "torch"
 
-    def __init__(self, encoder: BertEncoder, head: Head) -> None:
+    def __init__(self, encoder: BertEncoder, head: Head, capture: Capture | None = None) -> None:
         self.encoder = encoder
         self.head = head
         weight = encoder.embeddings.word.weight
         self.device = weight.device
         self.dtype = weight.dtype
+        # The graphs' pass holds the encoder and head, not the backend: no reference cycle, so
+        # the graphs go as soon as the model does.
+        graphed = functools.partial(masked_rows, encoder, head)
+        self.graphs = None if capture is None else GraphRunner(graphed, self.device, capture)
 
     @property
     def steps(self) -> int:
@@ -106,17 +119,20 @@ class TorchBackend(OnTorchDevice):
 
     def run(self, batch: Batch) -> Rows:
         with torch.inference_mode():
-            hidden, mask = self.encoder.encode(batch)  # (B, T, H), (B, T)
-            return self._rows(hidden, mask, batch.num_items)
+            rows = None if self.graphs is None else self.graphs.replay(batch)
+            if rows is None:
+                hidden, mask = self.encoder.encode(batch)  # (B, T, H), (B, T)
+                rows = head_rows(self.encoder, self.head, hidden, mask)
+            return rows[: batch.num_items].cpu().numpy()
 
     def run_steps(self, batch: Batch) -> Generator[None, None, Rows]:
-        """`run` in `steps` steps with a pause between each two, the same rows bit for bit.
+        """`run` in `steps` steps with a pause between each two: the eager pass's rows bit for bit.
 
         The device thread can run another pass at a pause (an interactive batch while this one
         is a job's), so a job's batch delays it by one step (half a layer) instead of a whole
-        pass. Each step
-        enters inference mode itself: only tensors are held across a pause, and a pass that is
-        dropped at a pause leaves no mode behind on any thread.
+        pass. Each step enters inference mode itself: only tensors are held across a pause, and
+        a pass that is dropped at a pause leaves no mode behind on any thread. Always eager
+        (never a CUDA graph): its steps are not the shapes captured.
         """
         with torch.inference_mode():
             hidden, mask, attention = self.encoder.embed(batch)
@@ -128,18 +144,40 @@ class TorchBackend(OnTorchDevice):
             with torch.inference_mode():
                 hidden = layer.feed(hidden)
         with torch.inference_mode():
-            return self._rows(hidden, mask, batch.num_items)
+            rows = head_rows(self.encoder, self.head, hidden, mask)
+            return rows[: batch.num_items].cpu().numpy()
 
-    def _rows(self, hidden: torch.Tensor, mask: torch.Tensor, items: int) -> Rows:
-        """What the head gives of token states (B, T, H): the first `items` rows."""
-        if self.head.output == "pooled":
-            hidden = hidden.float()  # (B, T, H): pool in fp32 whatever the model dtype
-            pooled = pool(hidden, mask.to(hidden.dtype), self.head.pooling)  # (B, D)
-            return pooled[:items].cpu().numpy()
-        logits = self.encoder.classify(hidden).float()  # (B, L)
-        if self.head.output == "probabilities":
-            logits = activate(logits, multi_label=self.head.multi_label)
-        return logits[:items].cpu().numpy()
+    def capture(self, shapes: Sequence[tuple[int, int]]) -> bool:
+        if self.graphs is None:
+            return False
+        with torch.inference_mode():
+            self.graphs.capture(shapes)
+        return bool(self.graphs.shapes)
+
+
+def masked_rows(
+    encoder: BertEncoder,
+    head: Head,
+    input_ids: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """The head's rows (B, D) float32 of device inputs (B, T), the mask always applied (the
+    pass a CUDA graph records)."""
+    return head_rows(encoder, head, encoder(input_ids, token_type_ids, mask), mask)
+
+
+def head_rows(
+    encoder: BertEncoder, head: Head, hidden: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The head's rows (B, D) float32 on the device, from token states (B, T, H)."""
+    if head.output == "pooled":
+        hidden = hidden.float()  # (B, T, H): pool in fp32 whatever the model dtype
+        return pool(hidden, mask.to(hidden.dtype), head.pooling)  # (B, D)
+    logits = encoder.classify(hidden).float()  # (B, L)
+    if head.output == "probabilities":
+        logits = activate(logits, multi_label=head.multi_label)
+    return logits
 
 
 def activate(logits: torch.Tensor, *, multi_label: bool) -> torch.Tensor:

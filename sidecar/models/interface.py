@@ -318,6 +318,8 @@ class LoadOptions:
     backend: str = "torch"
     # Task `generate`: what sizes the KV cache (`sidecar.models.decoder.GenerationLimits`).
     generation: Any = None
+    # CUDA graphs of the torch encoders' passes, one per warm-up shape (sidecar.models.graphs).
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True)

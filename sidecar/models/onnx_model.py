@@ -19,7 +19,7 @@ The graph's outputs a text model reads, by name:
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +108,10 @@ class OnnxBackend:
 
     def release_memory(self) -> None:
         self._graph.release_memory()
+
+    def capture(self, shapes: Sequence[tuple[int, int]]) -> bool:
+        """No CUDA graphs of ours: ONNX Runtime runs the graph as it is."""
+        return False
 
 
 def _output(outputs: set[str], head: Head, metadata: Mapping[str, str]) -> tuple[str, bool, bool]:

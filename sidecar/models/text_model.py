@@ -24,6 +24,7 @@ from sidecar.models.backend import Backend, Head, TorchBackend
 from sidecar.models.bert import MODEL_TYPES, BertConfig, build_encoder
 from sidecar.models.device import device_uuid, dtype_name
 from sidecar.models.errors import InputTooLongError, ModelLoadError, WrongInputsError
+from sidecar.models.graphs import cuda_capture
 from sidecar.models.interface import (
     MAX_CHARS_PER_TOKEN,
     Classification,
@@ -208,9 +209,11 @@ class TextModel:
 
         Returns:
             (padded tokens, seconds) of each shape's second pass: the first also pays for
-            allocation (and on CUDA, kernel selection), which later passes do not.
+            allocation (and on CUDA, kernel selection), which later passes do not. With CUDA
+            graphs captured (`shapes` given), of a pass after the capture: a replay.
         """
         top = min(self.max_input_tokens, max_tokens)
+        given = shapes is not None
         if shapes is None:
             shapes = [
                 (size, length)
@@ -220,17 +223,27 @@ class TextModel:
         # Filler text needs room beside the special tokens, and no more than the input limit.
         least, most = self._tokenizer.num_specials + 1, self.max_input_tokens
         shapes = [(n, length) for n, length in shapes if least <= length <= most]
-        timings = []
+        timings: list[tuple[int, float]] = []
+        runs: list[Sequence[Sequence[int]]] = []
         for size, length in shapes:
             ids, short = self._tokenizer.filler(length)
             # With company, one item is short so the padded-attention path warms up too.
             seqs = [ids] if size == 1 else [*([ids] * (size - 1)), short]
             self.forward(self.collate(seqs))
-            started = time.perf_counter()
-            self.forward(self.collate(seqs))
-            timings.append((size * length, time.perf_counter() - started))
+            timings.append((size * length, self._timed(seqs)))
+            runs.append(seqs)
         logger.info("warmed up on %d shapes (batch, tokens): %s", len(shapes), shapes)
+        if given and self.backend.capture(shapes):  # CUDA graphs of the bucket shapes, if asked
+            # The passes as batches of these shapes will run them (replays): the cost's seed.
+            timings = [
+                (tokens, self._timed(run)) for (tokens, _), run in zip(timings, runs, strict=True)
+            ]
         return timings
+
+    def _timed(self, seqs: Sequence[Sequence[int]]) -> float:
+        started = time.perf_counter()
+        self.forward(self.collate(seqs))
+        return time.perf_counter() - started
 
 
 def _classification(probabilities: Rows, names: tuple[str, ...]) -> Classification:
@@ -266,7 +279,8 @@ def load(directory: Path, weights: Mapping[str, torch.Tensor], options: LoadOpti
         encoder = build_encoder(
             config, weights, with_head=with_head, device=options.device, dtype=options.dtype
         )
-        return TorchBackend(encoder, head)
+        capture = cuda_capture(options.device, options.cuda_graphs)
+        return TorchBackend(encoder, head, capture)
 
     return build(directory, options, backend)
 

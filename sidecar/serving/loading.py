@@ -25,7 +25,7 @@ from sidecar.models.device import resolve_device, resolve_dtype
 from sidecar.models.families import load_model
 from sidecar.models.onnx_model import GRAPH_FILE, has_graph
 from sidecar.serving.engine import batch_config
-from sidecar.serving.shapes import warmup_shapes
+from sidecar.serving.shapes import cuda_graphs, warmup_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,13 @@ def load(
         gen = settings.generation
         limits = GenerationLimits(gen.max_seqs, gen.max_model_len, gen.kv_fraction)
         options = LoadOptions(
-            device, dtype, settings.task, settings.max_input_tokens, backend, generation=limits
+            device,
+            dtype,
+            settings.task,
+            settings.max_input_tokens,
+            backend,
+            generation=limits,
+            cuda_graphs=graphs_enabled(settings, device),
         )
         model = load_model(source.directory, weights, options)
         del weights
@@ -214,6 +220,18 @@ def warm_up(model: Model[Any, Any, Any], settings: Settings) -> list[tuple[int, 
         bounds.max_tokens if full else min(bounds.max_tokens, 128),
         shapes=warmup_shapes(bounds, model.card.max_input_tokens),
     )
+
+
+def graphs_enabled(settings: Settings, device: torch.device) -> bool:
+    """SIDECAR_CUDA_GRAPHS for the device the model loads on.
+
+    Raises:
+        StartupError: `on`, and `auto` found no CUDA device.
+    """
+    try:
+        return cuda_graphs(settings.cuda_graphs, str(device))
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def free_device_bytes(device: str) -> int | None:

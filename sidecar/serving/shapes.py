@@ -9,6 +9,11 @@ of grown by ever new sizes. Padding below the GPU's knee is free. On a CPU a pas
 padded tokens, and the host allocator's retention is bounded by other means (README "Memory"),
 so buckets are off there unless asked for; when on, only lengths are bucketed (padding rows on a
 CPU costs their full compute).
+
+The same bounded set of shapes lets a torch encoder capture a CUDA graph per shape
+(SIDECAR_CUDA_GRAPHS, sidecar.models.graphs). They are off by default: their gain has not been
+measured on a GPU yet (benchmarks/gpu_check.py's `graphs` step measures it), and until it is,
+`auto` means off too.
 """
 
 from __future__ import annotations
@@ -49,3 +54,15 @@ def warmup_shapes(config: BatchConfig, max_input_tokens: int) -> list[tuple[int,
         return buckets.shapes(max_input_tokens, config.max_size, config.max_tokens)
     top = buckets.length(max_input_tokens, config.max_tokens)
     return [(1, length) for length in buckets.lengths if length <= top]
+
+
+def cuda_graphs(setting: str, device: str) -> bool:
+    """Whether a model on `device` captures CUDA graphs, for SIDECAR_CUDA_GRAPHS (`auto`, `on`,
+    `off`): `on` on CUDA; `auto` is off until the gain is measured on a GPU.
+
+    Raises:
+        ValueError: `on` with a device other than CUDA.
+    """
+    if setting == "on" and not device.startswith("cuda"):
+        raise ValueError(f"SIDECAR_CUDA_GRAPHS=on needs a CUDA device; the model is on {device}")
+    return setting == "on"

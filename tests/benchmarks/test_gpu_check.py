@@ -56,6 +56,12 @@ def test_the_dry_run_says_what_only_a_gpu_measures(dry_run: tuple[dict[str, Any]
     assert steps["attention"]["padded"]["backends"]
     assert "skipped" in steps["attention"]["padded"]["attention_kernels"]
     assert steps["forward_grid"]["grid"] and steps["forward_grid"]["cost_model"]["fitted"]
+    graphs = steps["graphs"]
+    assert (
+        graphs["captured"] and graphs["parity"]["passed"] and graphs["outside_shape"]["ran_eagerly"]
+    )
+    assert all(shape["replayed"] and "skipped" in shape["ratio"] for shape in graphs["shapes"])
+    assert "skipped" in graphs["capture_memory_mib"]
     serve = steps["serve"]
     assert all(serve[f"clients_{c}"]["ok"] >= c for c in DRY_SIZES.serve_clients)
     assert "skipped" in serve[f"clients_{max(DRY_SIZES.serve_clients)}"]["gpu_utilization"]
