@@ -137,15 +137,24 @@ class TorchBackend(OnTorchDevice):
         with torch.inference_mode():
             hidden, mask, attention = self.encoder.embed(batch)
         for layer in cast("Iterable[Layer]", self.encoder.layers):
+            self._step_done()
             yield
             with torch.inference_mode():
                 hidden = layer.attend(hidden, attention)
+            self._step_done()
             yield
             with torch.inference_mode():
                 hidden = layer.feed(hidden)
         with torch.inference_mode():
             rows = head_rows(self.encoder, self.head, hidden, mask)
             return rows[: batch.num_items].cpu().numpy()
+
+    def _step_done(self) -> None:
+        """On CUDA, wait for the step's kernels: a pause is then a real one (an interactive
+        batch's kernels queue behind this step's alone, not the whole pass's), and a step's
+        time is its device time, which the batcher counts."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def capture(self, shapes: Sequence[tuple[int, int]]) -> bool:
         if self.graphs is None:

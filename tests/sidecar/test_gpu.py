@@ -176,3 +176,21 @@ def test_gpu_gauges_find_the_device_by_uuid_under_cuda_visible_devices() -> None
     assert total == pytest.approx(torch.cuda.get_device_properties(index).total_memory, rel=0.05)
     assert 0 < gauges['sidecar_gpu_memory_used_bytes{gpu="0"}'] <= total
     assert 0.0 <= gauges['sidecar_gpu_utilization_ratio{gpu="0"}'] <= 1.0
+
+
+def test_a_pass_in_steps_on_cuda_gives_the_eager_rows(texts: list[str]) -> None:
+    """A job's batch runs a step per device call, each step synchronised (a real pause)."""
+    model = load(CUDA, torch.float32)
+    batch = model.collate(model.tokenize(texts[:16]))
+    whole = model.forward(batch)
+    steps, pauses = model.forward_steps(batch), 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            stepped = done.value
+            break
+        assert torch.cuda.current_stream(CUDA).query()  # nothing of the step left queued
+        pauses += 1
+    assert pauses == model.steps - 1
+    np.testing.assert_allclose(stepped, whole, rtol=0, atol=1e-5)
