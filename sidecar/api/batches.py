@@ -235,7 +235,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     stored = await jobs.file(body["input_file_id"])
     if stored.purpose != "batch":
         raise InvalidInputError(f"file '{stored.id}' has purpose '{stored.purpose}', not 'batch'")
-    lines = await jobs.file_lines(stored)
+    survey = await jobs.survey(stored, job_lines.lenient_custom_id)
+    lines = survey.count
     if lines == 0:
         raise InvalidInputError(f"file '{stored.id}' has no request lines")
     if lines > jobs.settings.max_inputs:
@@ -251,8 +252,22 @@ async def create(request: web.Request) -> web.StreamResponse:
         total=lines,
         metadata=None if metadata is None else orjson.dumps(metadata).decode(),
         completion_window=body["completion_window"],
+        failure=None if survey.repeat is None else _duplicate(*survey.repeat),
     )
     return wire.json_response(batch_view(job))
+
+
+def _duplicate(line: int, custom_id: str, earlier: int) -> str:
+    """The error of a batch whose input repeats a custom_id (OpenAI fails such a batch at
+    validation: outputs are matched to requests by it)."""
+    error = {
+        "code": "duplicate_custom_id",
+        "message": f"the custom_id {custom_id[:64]!r} of line {line} is line {earlier}'s too;"
+        " the custom_id of each request in a batch must be unique",
+        "param": "custom_id",
+        "line": line,
+    }
+    return orjson.dumps(error).decode()
 
 
 async def get_batch(request: web.Request) -> web.StreamResponse:

@@ -150,7 +150,7 @@ class BatchLines:
             return _dumps(
                 {
                     "id": _line_id(job, index),
-                    "custom_id": _lenient_custom_id(line),
+                    "custom_id": lenient_custom_id(line),
                     "response": None,
                     "error": {"code": "invalid_request", "message": error.message},
                 }
@@ -189,7 +189,8 @@ def parse_line(line: bytes, endpoint: str) -> tuple[str, str, dict[str, Any]]:
     return custom_id, endpoint, body
 
 
-def _lenient_custom_id(line: bytes) -> str | None:
+def lenient_custom_id(line: bytes) -> str | None:
+    """The line's custom_id if it has a usable one, whatever else is wrong with it."""
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError:

@@ -223,3 +223,41 @@ async def test_files_refusals(
                 input_file_id="file-nope", endpoint="/v1/embeddings", completion_window="24h"
             )
         )
+
+
+async def test_a_batch_repeating_a_custom_id_fails_validation_as_openais_does(
+    start_server: StartServer, tiny_embed_dir: Path, tmp_path: Path
+) -> None:
+    s = await start_server(tiny_embed_dir, SIDECAR_JOBS_DIR=str(tmp_path))
+    api = client(s)
+    line = {"method": "POST", "url": "/v1/embeddings", "body": {"input": "hello"}}
+    data = jsonl(
+        [
+            {"custom_id": "a", **line},
+            b"",  # a blank line still counts as a line of the file
+            {"custom_id": "b", **line},
+            b"not json",  # no custom_id to compare: an error line if it ran
+            {"custom_id": "a", **line},
+        ]
+    )
+
+    def create() -> Any:
+        uploaded = api.files.create(file=("dup.jsonl", data), purpose="batch")
+        return api.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+
+    batch = await asyncio.to_thread(create)
+    assert batch.status == "failed" and batch.failed_at is not None
+    assert batch.errors is not None and batch.errors.data is not None
+    (error,) = batch.errors.data
+    assert (error.code, error.line, error.param) == ("duplicate_custom_id", 5, "custom_id")
+    assert "'a'" in (error.message or "") and "line 1" in (error.message or "")
+    assert batch.output_file_id is None and batch.request_counts.completed == 0
+    await asyncio.sleep(0.3)  # never runs
+    again = await asyncio.to_thread(api.batches.retrieve, batch.id)
+    assert again.status == "failed" and again.request_counts.completed == 0
+    # Unique ids run as usual.
+    unique = data.replace(b'"custom_id": "a", "method"', b'"custom_id": "c", "method"', 1)
+    done = await asyncio.to_thread(run_batch, api, unique, "/v1/embeddings")
+    assert done.status == "completed" and done.request_counts.failed == 1  # the "not json" line

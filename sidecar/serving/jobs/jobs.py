@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from sidecar.jobs_settings import JobsSettings
+from sidecar.serving.jobs import spool
 from sidecar.serving.jobs.records import Job, StoredFile
 from sidecar.serving.jobs.runner import ItemError, JobRunner, LineFormat
 from sidecar.serving.jobs.states import TERMINAL, Status
@@ -117,23 +118,27 @@ class Jobs:
         metadata: str | None = None,
         callback_url: str | None = None,
         completion_window: str | None = None,
+        failure: str | None = None,
     ) -> Job:
         """Store a new job and queue it: a native one with its `inputs` (one line each), an
-        OpenAI batch over an uploaded `input_file` of `total` lines.
+        OpenAI batch over an uploaded `input_file` of `total` lines. With `failure` (an error
+        object, JSON) the job is stored failed instead, never run: its input failed validation.
 
         Raises:
             StorageFullError: the disk budget has no room for it.
         """
         job_id = new_id("job_" if kind == "job" else "batch_")
+        now = time.time()
         job = Job(
-            id=job_id, kind=kind, status=Status.QUEUED, endpoint=endpoint, created_at=time.time(),
-            started_at=None, finalizing_at=None, cancelling_at=None, finished_at=None,
+            id=job_id, kind=kind, status=Status.FAILED if failure else Status.QUEUED,
+            endpoint=endpoint, created_at=now, started_at=None, finalizing_at=None,
+            cancelling_at=None, finished_at=now if failure else None,
             total=total, completed=0, failed=0, next_index=0, input_offset=0,
             input_path=f"jobs/{job_id}/input" if input_file is None else input_file.path,
             input_bytes=0, output_bytes=0, error_bytes=0, parameters=parameters,
             metadata=metadata, callback_url=callback_url,
             input_file_id=None if input_file is None else input_file.id, output_file_id=None,
-            error_file_id=None, error=None, completion_window=completion_window,
+            error_file_id=None, error=failure, completion_window=completion_window,
         )  # fmt: skip
         if input_file is not None:
             await self.call(self._store.check_room, input_file.bytes)
@@ -191,8 +196,10 @@ class Jobs:
     async def file_bytes(self, stored: StoredFile, start: int, size: int) -> bytes:
         return await self.call(self._store.read_file, stored, start, size)
 
-    async def file_lines(self, stored: StoredFile) -> int:
-        return await self.call(self._store.count_lines, stored)
+    async def survey(self, stored: StoredFile, key: Callable[[bytes], str | None]) -> spool.Survey:
+        """A stored file's non-blank lines, and the first whose `key` repeats an earlier
+        line's (among the first `max_inputs`, past which a batch is refused anyway)."""
+        return await self.call(self._store.survey, stored, key, self.settings.max_inputs)
 
     async def delete_file(self, file_id: str) -> None:
         """Raises StoredFileNotFoundError, JobConflictError (an unfinished batch reads it)."""

@@ -6,7 +6,8 @@ Called on the store thread only (`JobStore`), never on the event loop.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -52,11 +53,32 @@ def read_range(path: Path, start: int, size: int) -> bytes:
 
 def count_lines(path: Path) -> int:
     """Non-blank lines of a file."""
-    count = 0
+    return survey(path, lambda _line: None, 0).count
+
+
+@dataclass(frozen=True)
+class Survey:
+    """A file's non-blank lines, and the first whose key an earlier line had (line numbers
+    count from 1, blank lines too, as an editor shows them): `(line, key, earlier line)`."""
+
+    count: int
+    repeat: tuple[int, str, int] | None
+
+
+def survey(path: Path, key: Callable[[bytes], str | None], limit: int) -> Survey:
+    """Count a file's non-blank lines and find the first repeated `key(line)` among its first
+    `limit` ones (None keys are no key; memory is bounded by `limit` keys)."""
+    count, seen, repeat = 0, dict[str, int](), None
     with open(path, "rb") as f:
-        for line in f:
-            count += bool(line.strip())
-    return count
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            count += 1
+            if repeat is None and count <= limit and (name := key(line)) is not None:
+                if name in seen:
+                    repeat = (number, name, seen[name])
+                seen.setdefault(name, number)
+    return Survey(count, repeat)
 
 
 def write_lines(path: Path, lines: Iterable[bytes]) -> None:

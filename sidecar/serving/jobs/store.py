@@ -24,7 +24,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,9 +164,11 @@ class JobStore:
         ).fetchone()[0]
         return counts, int(backlog)
 
-    def count_lines(self, stored: StoredFile) -> int:
-        """Non-blank lines of a stored file."""
-        return spool.count_lines(self.root / stored.path)
+    def survey(
+        self, stored: StoredFile, key: Callable[[bytes], str | None], limit: int
+    ) -> spool.Survey:
+        """Non-blank lines of a stored file, and its first repeated key (`spool.survey`)."""
+        return spool.survey(self.root / stored.path, key, limit)
 
     def used_bytes(self) -> int:
         """Bytes the jobs and files hold (a job's output files count once, with the job)."""
