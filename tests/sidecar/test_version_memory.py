@@ -3,6 +3,7 @@ it loaded (within 10%); on a GPU the device memory too (tests/sidecar/test_gpu.p
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +16,10 @@ from tests.sidecar.versioned import admin_session
 
 
 def rss_bytes() -> int:
+    """The process's resident memory, after the C heap handed its free pages back: this process
+    ran other tests first, and a version's tensors may land in heap pages they freed (resident
+    already), where a load would not show."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
