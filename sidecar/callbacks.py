@@ -9,8 +9,9 @@ secret after its `whsec_` prefix). The body: `{"type": "job.completed" | "job.fa
 Only URLs on SIDECAR_JOB_CALLBACK_ALLOW's origins are taken at submit. A delivery never blocks the
 job (it runs in a task of its own after the job ended); redirects are not followed (a 3xx is a
 failed attempt, like any non-2xx status, a timeout or a refused connection); failed attempts
-are retried after `RETRY_DELAYS_S`, then given up (logged). Pending deliveries are not kept
-across a restart.
+are retried after `RETRY_DELAYS_S`, then given up (logged). A delivery owed when the process
+stops is sent after the restart (the store keeps what is owed until it is `settled`), with the
+same `webhook-id`: one per job, so a receiver that got it before can tell.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import hashlib
 import hmac
 import logging
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ class Callbacks:
         key: the signing key (`load_secret`); None: deliveries are unsigned.
         allowed: the origins deliveries may go to (checked again at delivery).
         view: the job as its protocol's GET shows it, and the event's type prefix.
+        settled: called with the job's id once its delivery succeeded or was given up.
     """
 
     def __init__(
@@ -82,7 +83,9 @@ class Callbacks:
         allowed: tuple[str, ...],
         view: Callable[[Any], tuple[str, dict[str, Any]]],
         delays_s: tuple[float, ...] = RETRY_DELAYS_S,
+        settled: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
+        self.settled = settled
         self._key = key
         self._allowed = allowed
         self._view = view
@@ -105,7 +108,7 @@ class Callbacks:
                 "data": data,
             }
         )
-        task = asyncio.create_task(self._deliver(url, body), name=f"callback-{job.id}")
+        task = asyncio.create_task(self._deliver(job.id, url, body), name=f"callback-{job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -116,11 +119,19 @@ class Callbacks:
         if self._session is not None:
             await self._session.close()
 
-    async def _deliver(self, url: str, body: bytes) -> None:
-        if origin_of(url) not in self._allowed:  # the allow-list changed since the submit
+    async def _deliver(self, job_id: str, url: str, body: bytes) -> None:
+        if origin_of(url) in self._allowed:  # the allow-list may have changed since the submit
+            await self._attempts(job_id, url, body)
+        else:
             logger.warning("callback not sent: its origin is no longer allowed")
-            return
-        message_id = "msg_" + uuid.uuid4().hex
+        if self.settled is not None:
+            try:
+                await self.settled(job_id)
+            except Exception:  # the store closing: the restart sends it again
+                logger.warning("callback of job %s not marked settled", job_id[:64])
+
+    async def _attempts(self, job_id: str, url: str, body: bytes) -> None:
+        message_id = "msg_" + hashlib.sha256(job_id.encode()).hexdigest()[:32]
         for attempt, delay in enumerate((0.0, *self._delays_s)):
             await asyncio.sleep(delay)
             failure = await self._attempt(url, message_id, body)

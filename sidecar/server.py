@@ -94,6 +94,7 @@ class Server:
                 load_secret(secret) if secret else None, settings.jobs.callback_allow, _job_view
             )
             self.jobs = await Jobs.open(settings.jobs)
+            self.callbacks.settled = self.jobs.settle_callback
             self.metrics.watch_jobs(self.jobs)
         api_app = build_api_app(
             self.service,

@@ -160,3 +160,34 @@ async def test_redirects_are_not_followed(
 def test_callbacks_need_a_secret() -> None:
     with pytest.raises(ConfigError, match="SIDECAR_JOB_CALLBACK_SECRET_FILE"):
         JobsSettings.from_env({"SIDECAR_JOB_CALLBACK_ALLOW": "http://127.0.0.1:9"})
+
+
+async def test_a_callback_owed_at_shutdown_is_sent_after_the_restart(
+    start_server: StartServer, tiny_embed_dir: Path, tmp_path: Path, receiver: Any
+) -> None:
+    hook = await receiver()
+    hook.answer = lambda request: web.Response(status=503)  # down for the first server's life
+    first, _ = await start_with_callbacks(start_server, tiny_embed_dir, tmp_path, hook.origin)
+    job = await submit(
+        first.tcp, {"endpoint": "/v1/predict", "inputs": ["a"], "callback_url": f"{hook.origin}/h"}
+    )
+    assert (await wait_status(first.tcp, job["id"]))["status"] == "completed"
+    async with asyncio.timeout(10):
+        await hook.arrived.wait()  # the first attempt failed; its retry waits a second
+    await first.server.stop()
+    hook.answer = lambda request: web.Response(status=204)
+    hook.arrived.clear()
+    second, key = await start_with_callbacks(start_server, tiny_embed_dir, tmp_path, hook.origin)
+    async with asyncio.timeout(10):
+        await hook.arrived.wait()
+    (_, failed, _), (path, headers, body) = hook.hits
+    assert path == "/h"
+    verify(key, headers, body)
+    assert json.loads(body)["data"]["id"] == job["id"]
+    assert headers["webhook-id"] == failed["webhook-id"]  # the same message: a receiver can tell
+    # Delivered: settled in the store, so a further restart sends nothing.
+    await asyncio.sleep(0.2)
+    await second.server.stop()
+    await start_with_callbacks(start_server, tiny_embed_dir, tmp_path, hook.origin)
+    await asyncio.sleep(0.5)
+    assert len(hook.hits) == 2

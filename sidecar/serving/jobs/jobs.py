@@ -39,6 +39,7 @@ class Jobs:
         self._runner: JobRunner | None = None
         self._ended: Callable[[Job], None] | None = None
         self._sweeping: asyncio.Task[None] | None = None
+        self._owed: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self._submitting = asyncio.Semaphore(1)  # job bodies held in memory: one at a time
         # Read by the metrics at scrape time (plain values: another thread reads them).
@@ -64,7 +65,8 @@ class Jobs:
         ended: Callable[[Job], None] | None = None,
     ) -> None:
         """Start running jobs (those a restart left running resume) and the retention sweep;
-        `ended` is called with each job that ends (for its callback)."""
+        `ended` is called with each job that ends (for its callback), and at once with each
+        ended job whose callback a restart left owed (`settle_callback` clears it)."""
         self._ended = ended
         self._runner = JobRunner(
             self.call, self._store, formats, describe, changed=self._on_change,
@@ -72,15 +74,26 @@ class Jobs:
         )  # fmt: skip
         self._runner.start()
         self._sweeping = asyncio.create_task(self._sweep_loop(), name="job-retention")
+        if ended is not None:
+            self._owed = asyncio.create_task(self._deliver_owed(ended), name="owed-callbacks")
+
+    async def _deliver_owed(self, ended: Callable[[Job], None]) -> None:
+        for job in await self.call(self._store.owed_callbacks):
+            ended(job)
+
+    async def settle_callback(self, job_id: str) -> None:
+        """A job's callback was delivered or given up (`JobStore.settle_callback`)."""
+        await self.call(self._store.settle_callback, job_id)
 
     async def stop(self) -> None:
         """Stop the runner (its micro-batch in flight runs again after a restart) and the
         retention sweep; the routes still read the store until `close`."""
         if self._runner is not None:
             await self._runner.stop()
-        if self._sweeping is not None:
-            self._sweeping.cancel()
-            await asyncio.gather(self._sweeping, return_exceptions=True)
+        for task in (self._sweeping, self._owed):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def close(self) -> None:
         """`stop`, and close the store and its thread."""

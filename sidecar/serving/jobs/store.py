@@ -59,6 +59,16 @@ CREATE TABLE IF NOT EXISTS chunks (
     job_id TEXT NOT NULL, first_index INTEGER NOT NULL, output_offset INTEGER NOT NULL,
     PRIMARY KEY (job_id, first_index)
 );
+-- Jobs whose callback is owed: a job with a callback URL that ends gets a row in the very
+-- transaction that ends it (whichever statement does), until its delivery is settled
+-- (delivered or given up); a restart delivers what is still owed.
+CREATE TABLE IF NOT EXISTS owed_callbacks (job_id TEXT PRIMARY KEY);
+CREATE TRIGGER IF NOT EXISTS owe_callback AFTER UPDATE OF status ON jobs
+WHEN NEW.callback_url IS NOT NULL AND NEW.status IN ('completed', 'failed', 'cancelled')
+    AND OLD.status NOT IN ('completed', 'failed', 'cancelled')
+BEGIN INSERT OR IGNORE INTO owed_callbacks VALUES (NEW.id); END;
+CREATE TRIGGER IF NOT EXISTS forget_callback AFTER DELETE ON jobs
+BEGIN DELETE FROM owed_callbacks WHERE job_id = OLD.id; END;
 """
 
 
@@ -330,6 +340,19 @@ class JobStore:
                 (str(to), time.time(), job_id),
             )
         return self.job(job_id)
+
+    def owed_callbacks(self) -> list[Job]:
+        """Ended jobs whose callback is not settled yet, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {','.join('j.' + c for c in JOB_COLUMNS)} FROM jobs j"
+            " JOIN owed_callbacks o ON o.job_id = j.id ORDER BY j.finished_at"
+        ).fetchall()
+        return [_job(row) for row in rows]
+
+    def settle_callback(self, job_id: str) -> None:
+        """The job's callback was delivered, or given up: a restart sends it no more."""
+        with self._tx() as db:
+            db.execute("DELETE FROM owed_callbacks WHERE job_id = ?", (job_id,))
 
     def delete_job(self, job_id: str, kind: str) -> None:
         job = self.job(job_id, kind)

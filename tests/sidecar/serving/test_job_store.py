@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -146,3 +147,39 @@ def test_settings() -> None:
     ):
         with pytest.raises(ConfigError, match=name):
             JobsSettings.from_env({name: value})
+
+
+@pytest.mark.parametrize("end", sorted(TERMINAL))
+def test_a_job_with_a_callback_owes_it_from_the_transaction_that_ends_it(
+    tmp_path: Path, end: Status
+) -> None:
+    store = JobStore.open(str(tmp_path), 1 << 30)
+    hooked = store.create_job(dataclasses.replace(make_job(), callback_url="http://h/x"), [b"1"])
+    plain = store.create_job(make_job(), [b"1"])
+    for job in (hooked, plain):
+        reach(store, job.id, Status.RUNNING)
+    assert store.owed_callbacks() == []  # nothing owed while they run
+    for job in (hooked, plain):
+        if end is Status.COMPLETED:
+            store.transition(job.id, Status.FINALIZING)
+            store.finish(job.id, Status.COMPLETED)
+        elif end is Status.CANCELLED:
+            store.transition(job.id, Status.CANCELLING)
+            store.finish(job.id, Status.CANCELLED)
+        else:
+            store.transition(job.id, end)
+    assert [job.id for job in store.owed_callbacks()] == [hooked.id]
+    store.close()
+    reopened = JobStore.open(str(tmp_path), 1 << 30)  # what a restart finds owed
+    assert [job.id for job in reopened.owed_callbacks()] == [hooked.id]
+    reopened.settle_callback(hooked.id)
+    assert reopened.owed_callbacks() == []
+
+
+def test_deleting_a_job_forgets_its_owed_callback(tmp_path: Path) -> None:
+    store = JobStore.open(str(tmp_path), 1 << 30)
+    job = store.create_job(dataclasses.replace(make_job(), callback_url="http://h/x"), [b"1"])
+    store.transition(job.id, Status.CANCELLED)
+    assert len(store.owed_callbacks()) == 1
+    store.delete_job(job.id, "job")
+    assert store.owed_callbacks() == []
