@@ -138,13 +138,13 @@ async def test_a_bulk_pass_whose_items_went_away_stops_at_the_next_pause(started
     assert await batcher.submit([1], [4]) == [2]  # the device is free again
 
 
-def test_a_stepped_lane_holds_steps_times_the_tokens_of_one_short_pass() -> None:
+def test_a_stepped_lane_holds_half_steps_times_the_tokens_of_one_short_pass() -> None:
     cost = BatchCost()
     cost.seed([(16, 0.010), (64, 0.016), (256, 0.040), (1024, 0.136)])
     whole = BulkLane(0.5, 1.0, time.monotonic)
     stepped = BulkLane(0.5, 1.0, time.monotonic, steps=STEPS)
     assert stepped.token_budget(cost, 100_000) == pytest.approx(
-        STEPS * whole.token_budget(cost, 100_000), abs=STEPS
+        STEPS / 2 * whole.token_budget(cost, 100_000), abs=STEPS
     )
     assert stepped.token_budget(cost, 300) <= 300  # never past the batch bound
 
