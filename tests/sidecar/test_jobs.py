@@ -311,3 +311,24 @@ async def test_a_large_job_never_blocks_the_event_loop(
         assert r.status == 200
     await wait_status(s.tcp, job["id"])
     assert slow_steps == []
+
+
+async def test_a_small_job_behind_a_large_one_runs_in_its_turn_not_after_it(
+    start_server: StartServer, tiny_embed_dir: Path, tmp_path: Path
+) -> None:
+    s = await start_jobs(start_server, tiny_embed_dir, tmp_path)
+    large = await submit(s.tcp, {"endpoint": "/v1/predict", "inputs": ["words " * 20] * 50_000})
+    await progress_events(s.tcp, large["id"], lambda j: j["progress"]["completed"] >= 256)
+    small = await submit(s.tcp, {"endpoint": "/v1/predict", "inputs": ["a", "b", "c"]})
+    done = await wait_status(s.tcp, small["id"])
+    assert done["status"] == "completed" and done["progress"]["completed"] == 3
+    async with s.tcp.get(f"/v1/jobs/{large['id']}") as r:
+        running = await r.json()
+    # The small job waited for one turn of the large one (8 micro-batches of 256), not for all
+    # of it; both were running at once.
+    assert running["status"] == "running"
+    assert running["progress"]["completed"] < 50_000
+    assert running["estimated_completion"] is not None
+    async with s.tcp.post(f"/v1/jobs/{large['id']}/cancel") as r:
+        assert r.status == 200
+    assert (await wait_status(s.tcp, large["id"]))["status"] == "cancelled"

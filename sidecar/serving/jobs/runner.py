@@ -1,5 +1,7 @@
-"""The job runner: one job at a time, oldest first, micro-batch by micro-batch, at the batcher's
-bulk priority.
+"""The job runner: micro-batch by micro-batch, at the batcher's bulk priority, one job at a time
+in turns: while other jobs wait, a job runs `TURN` micro-batches and the one that ran least
+recently goes next (a new job first), so a small job submitted behind a large one starts within
+one turn, not after it; a job alone runs on without turns.
 
 A micro-batch is up to `CHUNK` input lines: each runs through its job's `LineFormat` (the
 protocol's translation of a line into an engine call and of the outcome into an output line)
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,6 +36,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 CHUNK = 256  # input lines per micro-batch: enough for the batcher to group lengths
 AHEAD = 2  # micro-batches running at once
+TURN = 8  # micro-batches a job runs before the next job waiting has its turn
 INTERRUPTIONS = (BatcherClosedError, DeviceFailedError, UnavailableError)
 RETRY_S = 1.0  # after an interruption, the wait before the micro-batch runs again
 _SMOOTHING = 0.3  # weight of the newest micro-batch in the drain rate
@@ -117,7 +121,9 @@ class JobRunner:
         self._task: asyncio.Task[None] | None = None
         self._current: str | None = None
         self._chunks: deque[_Chunk] = deque()  # the micro-batches of the job running
-        self._rate = 0.0  # items per second of the job running, smoothed
+        self._rates: dict[str, float] = {}  # items per second of each job in its turns, smoothed
+        self._turns: dict[str, float] = {}  # when each job's latest turn ended
+        self._taking_turns = 1  # jobs active at the latest pick
 
     def start(self) -> None:
         if self._task is None:
@@ -137,9 +143,10 @@ class JobRunner:
     def estimated_completion(self, job: Job) -> float | None:
         """When the job should be done (epoch seconds), from the measured drain rate; None
         when it is not running or nothing was measured yet."""
-        if job.id != self._current or self._rate <= 0:
+        rate = self._rates.get(job.id, 0.0) / self._taking_turns  # jobs share the device
+        if job.status is not Status.RUNNING or rate <= 0:
             return None
-        return time.time() + (job.total - job.next_index) / self._rate
+        return time.time() + (job.total - job.next_index) / rate
 
     async def cancel(self, job_id: str, kind: str) -> Job:
         """Cancel a job: a queued one at once, a running one once its micro-batch stopped.
@@ -173,11 +180,22 @@ class JobRunner:
             if not active:
                 await self._wake.wait()
                 continue
-            # Finish what a restart left first: cancelling, finalizing, running; then the oldest.
+            # Finish what is ending first (cancelling, finalizing); then the job that ran least
+            # recently: one not run yet (a restart's running jobs, then queued ones, oldest
+            # first), else the one whose turn ended longest ago.
             order = (Status.CANCELLING, Status.FINALIZING, Status.RUNNING, Status.QUEUED)
-            job = min(active, key=lambda j: order.index(j.status))
+            job = min(
+                active,
+                key=lambda j: (
+                    order.index(j.status) if j.status in order[:2] else 2,
+                    self._turns.get(j.id, -math.inf),
+                    order.index(j.status),
+                    j.created_at,
+                ),
+            )
+            self._taking_turns = len(active)
             try:
-                await self._advance(job)
+                await self._advance(job, others=len(active) > 1)
             except INTERRUPTIONS as exc:
                 logger.info("job %s waits: the engine is not serving (%s)", job.id, exc)
                 await asyncio.sleep(RETRY_S)
@@ -192,13 +210,18 @@ class JobRunner:
                 await self._fail(job, "internal error")
                 await asyncio.sleep(RETRY_S)
 
-    async def _advance(self, job: Job) -> None:
+    async def _advance(self, job: Job, *, others: bool) -> None:
+        """Run the job's turn (`others`: other jobs wait for theirs), then end the job if its
+        input ran out or it was cancelled."""
         store, call = self._store, self._call
         if job.status is Status.QUEUED:
             job = await call(store.transition, job.id, Status.RUNNING)
             self._changed(job)
         if job.status is Status.RUNNING:
-            job = await self._run(job)
+            job, turn_over = await self._run(job, others)
+            self._turns[job.id] = time.monotonic()
+            if turn_over:
+                return  # the loop picks the job whose turn is next
         if job.status is Status.RUNNING:  # every line ran
             job = await call(store.transition, job.id, Status.FINALIZING)
             self._changed(job)
@@ -207,8 +230,12 @@ class JobRunner:
         elif job.status is Status.CANCELLING:
             job = await call(store.finish, job.id, Status.CANCELLED)
         self._changed(job)
+        self._turns.pop(job.id, None)
+        self._rates.pop(job.id, None)
 
     async def _fail(self, job: Job, message: str) -> None:
+        self._turns.pop(job.id, None)
+        self._rates.pop(job.id, None)
         try:
             failed = await self._call(
                 self._store.transition, job.id, Status.FAILED, f'{{"message": "{message}"}}'
@@ -218,19 +245,27 @@ class JobRunner:
             return
         self._changed(failed)
 
-    async def _run(self, job: Job) -> Job:
-        """Run micro-batches until the input ends or the job stops running; the job then.
+    async def _run(self, job: Job, others: bool) -> tuple[Job, bool]:
+        """Run micro-batches until the input ends, the job stops running or its turn is over
+        (`TURN` micro-batches started while `others` wait, or a job was submitted meanwhile);
+        the job then, and whether its turn ended with input left.
 
         `AHEAD` micro-batches run at once, so the bulk lane never runs dry while one commits;
         they commit in input order.
         """
         line_format = self._formats[job.kind]
-        self._current, self._rate = job.id, 0.0
+        self._current = job.id
         self._chunks = pending = deque[_Chunk]()
         offset, index, began = job.input_offset, job.next_index, time.monotonic()
+        started = 0
         try:
             while True:
                 while len(pending) < AHEAD:
+                    if started >= TURN and (others or self._wake.is_set()):
+                        if not pending:
+                            return job, True
+                        break
+                    started += 1
                     lines = await self._call(self._store.read_lines, job, offset, CHUNK)
                     if not lines:
                         break
@@ -244,23 +279,22 @@ class JobRunner:
                     pending.append(_Chunk(index, lines, running))
                     index, offset = index + len(lines), lines[-1][1]
                 if not pending:
-                    return job
+                    return job, False
                 chunk = pending[0]
                 try:
                     outcomes = await chunk.outcomes
                 except asyncio.CancelledError:
                     if self._task is not None and self._task.cancelling():
                         raise  # the runner stops
-                    return await self._call(self._store.job, job.id)  # the job was cancelled
+                    return await self._call(self._store.job, job.id), False  # cancelled
                 pending.popleft()
                 committed = await self._commit(job, line_format, chunk, outcomes)
                 if committed is None:  # cancelled while the micro-batch ran
-                    return await self._call(self._store.job, job.id)
+                    return await self._call(self._store.job, job.id), False
                 now = time.monotonic()
                 rate, began = len(chunk.lines) / max(now - began, 1e-6), now
-                self._rate = (
-                    rate if self._rate == 0 else self._rate + _SMOOTHING * (rate - self._rate)
-                )
+                last = self._rates.get(job.id, 0.0)
+                self._rates[job.id] = rate if last == 0 else last + _SMOOTHING * (rate - last)
                 job = committed
                 self._changed(job)
         finally:
