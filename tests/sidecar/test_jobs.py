@@ -332,3 +332,23 @@ async def test_a_small_job_behind_a_large_one_runs_in_its_turn_not_after_it(
     async with s.tcp.post(f"/v1/jobs/{large['id']}/cancel") as r:
         assert r.status == 200
     assert (await wait_status(s.tcp, large["id"]))["status"] == "cancelled"
+
+
+async def test_jobs_stopped_mid_turn_resume_in_turns_after_a_restart(
+    start_server: StartServer, tiny_embed_dir: Path, tmp_path: Path
+) -> None:
+    first = await start_jobs(start_server, tiny_embed_dir, tmp_path)
+    inputs = [f"words {i} " * (1 + i % 4) for i in range(6000)]
+    jobs = [await submit(first.tcp, {"endpoint": "/v1/predict", "inputs": inputs}) for _ in "ab"]
+    await progress_events(first.tcp, jobs[1]["id"], lambda j: j["progress"]["completed"] > 0)
+    await first.server.stop()  # both running, neither done: their micro-batches in flight drop
+    second = await start_jobs(start_server, tiny_embed_dir, tmp_path)
+    for job in jobs:
+        done = await wait_status(second.tcp, job["id"], timeout_s=120)
+        assert done["status"] == "completed"
+        assert done["progress"] == {"completed": 6000, "failed": 0, "total": 6000}
+        indices = []
+        for offset in range(0, 6000, 1000):  # pages of 1 000 lines
+            page = await results(second.tcp, job["id"], offset=offset, limit=1000)
+            indices += [line["index"] for line in page]
+        assert indices == list(range(6000))  # each exactly once, in order
