@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.sidecar.conftest import StartServer
-from tests.sidecar.versioned import admin_session, build_versions, copy_version, states
+from tests.sidecar.versioned import admin_session, build_versions, make_root, states
 
 ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
@@ -26,11 +26,7 @@ def snapshots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 async def start_root(start_server: StartServer, snapshots, tmp_path: Path, socket_dir: str, **env):
-    root = tmp_path / "m"
-    root.mkdir()
-    for name, snapshot in snapshots.items():
-        copy_version(snapshot, root, name)
-    (root / "versions.json").write_text(json.dumps({"stable": "7", "resident": 2}))
+    root = make_root(tmp_path, snapshots, {"stable": "7", "resident": 2})
     admin_path = f"{socket_dir}/admin.sock"
     s = await start_server(root, SIDECAR_MODEL_POLL_S="0", SIDECAR_ADMIN_UDS=admin_path, **env)
     return s, admin_path

@@ -4,13 +4,12 @@ event loop free (timed in the loop thread's CPU time, as tests/sidecar/test_even
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 from pathlib import Path
 
 from loaders import DesiredState
 from tests.sidecar.conftest import DEMO_DIR, StartServer
 from tests.sidecar.test_event_loop import slow_steps
+from tests.sidecar.versioned import make_root
 
 __all__ = ["slow_steps"]  # the fixture, used here
 
@@ -18,10 +17,9 @@ __all__ = ["slow_steps"]  # the fixture, used here
 async def test_swaps_leave_the_loop_free(
     start_server: StartServer, slow_steps: list[str], tmp_path: Path
 ) -> None:
-    root = tmp_path / "m"
-    for name in ("1", "2"):  # 90 MB each: off the loop, which the test times from its start
-        await asyncio.to_thread(shutil.copytree, DEMO_DIR, root / name)
-    (root / "versions.json").write_text(json.dumps({"stable": "1"}))
+    # 90 MB each: copied off the loop, which the test times from its start.
+    versions = {"1": DEMO_DIR, "2": DEMO_DIR}
+    root = await asyncio.to_thread(make_root, tmp_path, versions, {"stable": "1"})
     s = await start_server(root, SIDECAR_MODEL_POLL_S="0", SIDECAR_WARMUP="true")
     registry = s.service.registry
     stop = asyncio.Event()

@@ -4,15 +4,13 @@ it loaded (within 10%); on a GPU the device memory too (tests/sidecar/test_gpu.p
 from __future__ import annotations
 
 import ctypes
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.sidecar.conftest import DEMO_DIR, StartServer
-from tests.sidecar.versioned import admin_session
+from tests.sidecar.versioned import admin_session, make_root
 
 
 def rss_bytes() -> int:
@@ -26,19 +24,15 @@ def rss_bytes() -> int:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
-def make_root(tmp_path: Path) -> Path:
-    root = tmp_path / "m"
-    for name in ("a", "b"):  # the demo model (90 MB of weights) as two versions
-        shutil.copytree(DEMO_DIR, root / f".tmp-{name}")
-        (root / f".tmp-{name}").rename(root / name)
-    (root / "versions.json").write_text(json.dumps({"stable": "a"}))
-    return root
+def demo_root(tmp_path: Path) -> Path:
+    """The demo model (90 MB of weights) as two versions, a and b; a stable."""
+    return make_root(tmp_path, {"a": DEMO_DIR, "b": DEMO_DIR}, {"stable": "a"})
 
 
 async def test_unloading_a_version_gives_its_memory_back(
     start_server: StartServer, tmp_path: Path, socket_dir: str
 ) -> None:
-    root = make_root(tmp_path)
+    root = demo_root(tmp_path)
     admin_path = f"{socket_dir}/admin.sock"
     s = await start_server(root, SIDECAR_MODEL_POLL_S="0", SIDECAR_ADMIN_UDS=admin_path)
     body = {"inputs": [f"sentence {i} about memory" for i in range(16)]}
@@ -71,7 +65,7 @@ async def test_unloading_a_version_gives_its_device_memory_back(
 ) -> None:
     admin_path = f"{socket_dir}/admin.sock"
     await start_server(
-        make_root(tmp_path), SIDECAR_MODEL_POLL_S="0", SIDECAR_ADMIN_UDS=admin_path,
+        demo_root(tmp_path), SIDECAR_MODEL_POLL_S="0", SIDECAR_ADMIN_UDS=admin_path,
         SIDECAR_DEVICE="cuda",
     )  # fmt: skip
     before = torch.cuda.memory_reserved()

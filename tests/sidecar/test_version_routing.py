@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from sidecar.errors import InvalidInputError
 from sidecar.serving.canary import CanaryGuard, is_server_fault
 from sidecar.serving.traffic import Traffic, bucket
 from tests.sidecar.conftest import StartServer
-from tests.sidecar.versioned import TEXTS, build_versions, copy_version, expected_vectors
+from tests.sidecar.versioned import TEXTS, build_versions, expected_vectors, make_root
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +27,6 @@ def snapshots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def outputs(snapshots: dict[str, Path]) -> dict[str, np.ndarray]:
     return {name: expected_vectors(path) for name, path in snapshots.items()}
-
-
-def make_root(tmp_path: Path, snapshots: dict[str, Path], desired: dict | None) -> Path:
-    root = tmp_path / "m"
-    root.mkdir()
-    for name, snapshot in snapshots.items():
-        copy_version(snapshot, root, name)
-    if desired is not None:
-        (root / "versions.json").write_text(json.dumps(desired))
-    return root
 
 
 async def serving(s, name: str) -> None:

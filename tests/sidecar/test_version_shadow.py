@@ -4,7 +4,6 @@ dropped (not queued) when the device is busy."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from sidecar.models import Classification, Classifications, Embeddings, Scores
 from sidecar.serving.shadow import compare
 from tests.sidecar.conftest import StartServer
-from tests.sidecar.versioned import build_versions, copy_version, expected_vectors, until
+from tests.sidecar.versioned import build_versions, expected_vectors, make_root, until
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +35,8 @@ async def scrape(s) -> dict[str, float]:
 async def test_shadow_copies_are_compared_and_exported_never_returned(
     start_server: StartServer, snapshots, tmp_path: Path
 ) -> None:
-    root = tmp_path / "m"
-    root.mkdir()
-    for name, snapshot in snapshots.items():
-        copy_version(snapshot, root, name)
     desired = {"stable": "7", "shadow": {"version": "8", "percent": 100}}
-    (root / "versions.json").write_text(json.dumps(desired))
+    root = make_root(tmp_path, snapshots, desired)
     s = await start_server(root, SIDECAR_MODEL_POLL_S="0")
     await s.service.registry.reconcile_now()
     texts = ["one shadowed sentence", "and another one"]

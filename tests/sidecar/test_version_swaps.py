@@ -11,7 +11,6 @@ beside the old, routing flips, the old one drains and is freed (resident: 1).
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import signal
 import time
@@ -23,7 +22,13 @@ import numpy as np
 import pytest
 
 from tests.sidecar.test_process import Process, base_env, processes, spawn, wait_ready
-from tests.sidecar.versioned import admin_session, copy_version, expected_vectors, states, until
+from tests.sidecar.versioned import (
+    admin_session,
+    expected_vectors,
+    make_root,
+    states,
+    until,
+)
 from tests.snapshots import make_bert_snapshot
 
 __all__ = ["processes"]  # the fixture, used here
@@ -55,11 +60,7 @@ def snapshots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 async def test_ten_swaps_under_load_fail_no_request(
     processes: list[Process], snapshots: dict[str, Path], socket_dir: str, tmp_path: Path
 ) -> None:
-    root = tmp_path / "m"
-    root.mkdir()
-    for name, snapshot in snapshots.items():
-        copy_version(snapshot, root, name)
-    (root / "versions.json").write_text(json.dumps({"stable": "7"}))
+    root = make_root(tmp_path, snapshots, {"stable": "7"})
     expected = {name: expected_vectors(path, TEXTS) for name, path in snapshots.items()}
     admin_path = f"{socket_dir}/admin.sock"
     env = base_env(

@@ -20,6 +20,7 @@ from tests.sidecar.versioned import (
     build_versions,
     copy_version,
     expected_vectors,
+    make_root,
     states,
     until,
 )
@@ -79,11 +80,7 @@ async def test_the_newest_version_is_stable_without_a_desired_state(
 async def test_versions_json_names_the_stable_version(
     start_server: StartServer, snapshots, outputs, tmp_path: Path
 ) -> None:
-    root = tmp_path / "m"
-    root.mkdir()
-    for name in ("7", "8"):
-        copy_version(snapshots[name], root, name)
-    (root / "versions.json").write_text(json.dumps({"stable": "7"}))
+    root = make_root(tmp_path, snapshots, {"stable": "7"})
     s = await start_server(root, SIDECAR_MODEL_POLL_S="0.05")
     status, header, body = await predict(s)
     assert (status, header) == (200, "7")
@@ -116,9 +113,7 @@ async def _state_is(registry, name: str, state: str) -> bool:
 async def test_a_version_copied_in_becomes_stable(
     start_server: StartServer, snapshots, outputs, tmp_path: Path
 ) -> None:
-    root = tmp_path / "m"
-    root.mkdir()
-    copy_version(snapshots["7"], root, "7")
+    root = make_root(tmp_path, {"7": snapshots["7"]})
     s = await start_server(root, SIDECAR_MODEL_POLL_S="0.05")
     assert (await predict(s))[1] == "7"
     staging = tmp_path / "with-digests"
@@ -186,9 +181,7 @@ async def test_a_failed_version_never_becomes_stable_and_the_old_one_serves(
     env: dict[str, str],
     reason: str,
 ) -> None:
-    root = tmp_path / "m"
-    root.mkdir()
-    copy_version(snapshots["7"], root, "7")
+    root = make_root(tmp_path, {"7": snapshots["7"]})
     admin_path = f"{socket_dir}/admin.sock"
     s = await start_server(root, SIDECAR_MODEL_POLL_S="0.05", SIDECAR_ADMIN_UDS=admin_path, **env)
     damage(snapshots["8"], root)
@@ -218,9 +211,7 @@ async def test_a_failed_version_never_becomes_stable_and_the_old_one_serves(
 async def test_a_failed_version_is_retried_when_its_files_are_replaced(
     start_server: StartServer, snapshots, tmp_path: Path
 ) -> None:
-    root = tmp_path / "m"
-    root.mkdir()
-    copy_version(snapshots["7"], root, "7")
+    root = make_root(tmp_path, {"7": snapshots["7"]})
     s = await start_server(root, SIDECAR_MODEL_POLL_S="0.05")
     _truncated(snapshots["8"], root)
     registry = s.service.registry
@@ -236,11 +227,7 @@ async def test_a_failed_version_is_retried_when_its_files_are_replaced(
 async def test_the_resource_policy_unloads_first_and_answers_503_in_between(
     start_server: StartServer, snapshots, outputs, tmp_path: Path
 ) -> None:
-    root = tmp_path / "m"
-    root.mkdir()
-    for name in ("7", "8"):
-        copy_version(snapshots[name], root, name)
-    (root / "versions.json").write_text(json.dumps({"stable": "7"}))
+    root = make_root(tmp_path, snapshots, {"stable": "7"})
     s = await start_server(
         root, SIDECAR_MODEL_POLL_S="0", SIDECAR_SWAP_POLICY="resource",
         SIDECAR_VERSIONS_MAX_BYTES="6000000",  # room for one version
@@ -310,11 +297,7 @@ async def test_the_desired_state_may_come_from_a_configmap_beside_the_root(
 async def test_a_version_wanted_back_while_it_drains_is_loaded_again(
     start_server: StartServer, snapshots, tmp_path: Path
 ) -> None:
-    root = tmp_path / "m"
-    root.mkdir()
-    for name in ("7", "8"):
-        copy_version(snapshots[name], root, name)
-    (root / "versions.json").write_text(json.dumps({"stable": "7"}))
+    root = make_root(tmp_path, snapshots, {"stable": "7"})
     s = await start_server(root, SIDECAR_MODEL_POLL_S="0")
     registry = s.service.registry
     held = registry.route("7", None)  # a request still running on 7
@@ -334,10 +317,7 @@ async def test_a_version_wanted_back_while_it_drains_is_loaded_again(
 async def test_a_desired_version_not_copied_yet_is_waited_for(
     start_server: StartServer, snapshots, tmp_path: Path
 ) -> None:
-    root = tmp_path / "m"
-    root.mkdir()
-    copy_version(snapshots["7"], root, "7")
-    (root / "versions.json").write_text(json.dumps({"stable": "8"}))
+    root = make_root(tmp_path, {"7": snapshots["7"]}, {"stable": "8"})
     s = await start_server(root, SIDECAR_MODEL_POLL_S="0.05")
     assert (await predict(s))[1] == "7"  # the newest there is, until 8 arrives
     copy_version(snapshots["8"], root, "8")

@@ -5,6 +5,7 @@ computed in-process for comparison."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,20 @@ def build_versions(staging: Path, *names: str) -> dict[str, Path]:
         name: make_bert_snapshot(staging / name, task="embed", seed=100 + index)
         for index, name in enumerate(names)
     }
+
+
+def make_root(
+    tmp_path: Path, snapshots: dict[str, Path], desired: dict[str, Any] | None = None
+) -> Path:
+    """A model root `tmp_path/m` holding each snapshot as the version of its name, with a
+    versions.json of `desired` (none: the newest version is stable)."""
+    root = tmp_path / "m"
+    root.mkdir()
+    for name, snapshot in snapshots.items():
+        copy_version(snapshot, root, name)
+    if desired is not None:
+        (root / "versions.json").write_text(json.dumps(desired))
+    return root
 
 
 def copy_version(snapshot: Path, root: Path, name: str) -> Path:
