@@ -13,6 +13,7 @@ one step instead of the whole pass (`batching.lanes`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator, Sequence
 from typing import Generic, TypeVar
 
@@ -31,7 +32,8 @@ class SteppedPass(Generic[ResultT]):
     Attributes:
         started: when the first step began (None before it).
         elapsed: the seconds its steps ran, the pauses between them left out: the pass's cost.
-        ended_at: when the latest step ended (None before the first).
+        ended_at: when the latest step ended (-inf before the first).
+        step_s: how long the latest step ran.
     """
 
     def __init__(self, steps: Steps[ResultT], clock: Callable[[], float]) -> None:
@@ -39,7 +41,8 @@ class SteppedPass(Generic[ResultT]):
         self._clock = clock
         self.started: float | None = None
         self.elapsed = 0.0
-        self.ended_at: float | None = None
+        self.ended_at = -math.inf
+        self.step_s = 0.0
         self._results: Sequence[ResultT] | None = None
 
     def advance(self) -> bool:
@@ -54,7 +57,8 @@ class SteppedPass(Generic[ResultT]):
             return True
         finally:
             self.ended_at = self._clock()
-            self.elapsed += self.ended_at - began
+            self.step_s = self.ended_at - began
+            self.elapsed += self.step_s
         return False
 
     @property

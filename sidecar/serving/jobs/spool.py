@@ -51,11 +51,6 @@ def read_range(path: Path, start: int, size: int) -> bytes:
         return f.read(max(0, size))
 
 
-def count_lines(path: Path) -> int:
-    """Non-blank lines of a file."""
-    return survey(path, lambda _line: None, 0).count
-
-
 @dataclass(frozen=True)
 class Survey:
     """A file's non-blank lines, and the first whose key an earlier line had (line numbers
