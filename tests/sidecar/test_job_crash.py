@@ -15,9 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.sidecar.test_process import Process, base_env, processes, spawn, wait_ready
-
-__all__ = ["processes"]  # the fixture
+from tests.sidecar.test_process import Process, base_env, spawn, wait_ready
 
 LINES = 50_000
 

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,15 +43,6 @@ def base_env(socket_dir: str, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for process in started:
-        if process.proc.returncode is None:
-            process.proc.kill()
 
 
 async def spawn(env: dict[str, str], log: Path, started: list[Process]) -> Process:

@@ -21,7 +21,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tests.sidecar.test_process import Process, base_env, processes, spawn, wait_ready
+from tests.sidecar.test_process import Process, base_env, spawn, wait_ready
 from tests.sidecar.versioned import (
     admin_session,
     expected_vectors,
@@ -30,8 +30,6 @@ from tests.sidecar.versioned import (
     until,
 )
 from tests.snapshots import make_bert_snapshot
-
-__all__ = ["processes"]  # the fixture, used here
 
 TEXTS = [f"request number {i} asks the served version for its embedding" for i in range(8)]
 NUM_SWAPS = 10
