@@ -118,6 +118,7 @@ async def test_predict_and_rerank_lines(
     requests = [{"custom_id": "r", "method": "POST", "url": "/v1/rerank", "body": line}]
     batch = await asyncio.to_thread(run_batch, client(reranker), jsonl(requests), "/v1/rerank")
     assert batch.status == "completed"
+    assert batch.error_file_id is None  # no line failed: no error file, as OpenAI's
     [out] = await asyncio.to_thread(lines_of, client(reranker), batch.output_file_id)
     async with reranker.tcp.post("/v1/rerank", json=line) as r:
         interactive = await r.json()
@@ -261,3 +262,21 @@ async def test_a_batch_repeating_a_custom_id_fails_validation_as_openais_does(
     unique = data.replace(b'"custom_id": "a", "method"', b'"custom_id": "c", "method"', 1)
     done = await asyncio.to_thread(run_batch, api, unique, "/v1/embeddings")
     assert done.status == "completed" and done.request_counts.failed == 1  # the "not json" line
+
+
+async def test_a_batch_whose_every_line_fails_has_an_error_file_and_no_output_file(
+    start_server: StartServer, tiny_embed_dir: Path, tmp_path: Path
+) -> None:
+    s = await start_server(tiny_embed_dir, SIDECAR_JOBS_DIR=str(tmp_path))
+    api = client(s)
+    lines: list[Any] = [
+        b"{not json",
+        {"custom_id": "get", "method": "GET", "url": "/v1/embeddings", "body": {"input": "x"}},
+        {"custom_id": "empty", "method": "POST", "url": "/v1/embeddings", "body": {"input": []}},
+    ]
+    batch = await asyncio.to_thread(run_batch, api, jsonl(lines), "/v1/embeddings")
+    assert batch.status == "completed" and batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (0, 3)
+    assert batch.output_file_id is None and batch.error_file_id is not None
+    errors = await asyncio.to_thread(lines_of, api, batch.error_file_id)
+    assert sorted(str(line["custom_id"]) for line in errors) == ["None", "empty", "get"]

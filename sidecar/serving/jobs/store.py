@@ -309,23 +309,24 @@ class JobStore:
 
     def finish(self, job_id: str, to: Status) -> Job:
         """Cut the job's files to their committed lengths, record a batch's as files (OpenAI's
-        output and error files), and move the job to `to`: one transaction."""
+        output and error files, each only when it holds lines: a batch with no failure has no
+        error file, as OpenAI's has not), and move the job to `to`: one transaction."""
         job = self.job(job_id)
-        output_ids = (new_id("file-"), new_id("file-")) if job.kind == "batch" else None
         directory = self.root / "jobs" / job_id
         for name, size in (("output", job.output_bytes), ("errors", job.error_bytes)):
             spool.cut(directory / name, size)
         if Status(job.status) not in sources(to):
             raise JobConflictError(f"the job is {job.status}: it cannot become {to}")
+        file_ids: list[str | None] = [None, None]
         with self._tx() as db:
-            if output_ids is not None:
+            if job.kind == "batch":
                 now = time.time()
-                for file_id, name, size in zip(
-                    output_ids,
-                    ("output", "errors"),
-                    (job.output_bytes, job.error_bytes),
-                    strict=True,
+                for index, (name, size) in enumerate(
+                    (("output", job.output_bytes), ("errors", job.error_bytes))
                 ):
+                    if size == 0:
+                        continue
+                    file_ids[index] = file_id = new_id("file-")
                     db.execute(
                         "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
                         (file_id, "batch_output", f"{job_id}_{name}.jsonl", size, now,
@@ -333,7 +334,7 @@ class JobStore:
                     )  # fmt: skip
                 db.execute(
                     "UPDATE jobs SET output_file_id = ?, error_file_id = ? WHERE id = ?",
-                    (*output_ids, job_id),
+                    (*file_ids, job_id),
                 )
             db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ? WHERE id = ?",
