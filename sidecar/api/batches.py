@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from sidecar.api import job_lines, openapi, wire
 from sidecar.api.jobs import (
@@ -117,10 +118,16 @@ async def upload(request: web.Request) -> web.StreamResponse:
                     )
                 else:
                     await part.release()
-    except TimeoutError:
-        raise InvalidInputError("the upload did not arrive in time") from None
-    except ValueError as exc:  # aiohttp: a malformed multipart body
-        raise InvalidInputError(f"malformed multipart body: {str(exc)[:100]}") from None
+    except (TimeoutError, ValueError, HttpProcessingError, InvalidInputError) as exc:
+        if stored is not None:  # a later part failed: the file stored before it goes too
+            await jobs.delete_file(stored.id)
+        if isinstance(exc, InvalidInputError):
+            raise
+        if isinstance(exc, TimeoutError):
+            raise InvalidInputError("the upload did not arrive in time") from None
+        # aiohttp: a malformed multipart body (ValueError) or part header (HttpProcessingError)
+        message = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+        raise InvalidInputError(f"malformed multipart body: {message[:100]}") from None
     if stored is None:
         raise InvalidInputError("the upload has no 'file' field")
     if purpose not in PURPOSES:

@@ -280,3 +280,31 @@ async def test_a_batch_whose_every_line_fails_has_an_error_file_and_no_output_fi
     assert batch.output_file_id is None and batch.error_file_id is not None
     errors = await asyncio.to_thread(lines_of, api, batch.error_file_id)
     assert sorted(str(line["custom_id"]) for line in errors) == ["None", "empty", "get"]
+
+
+async def test_malformed_uploads_are_400_and_leave_no_file(
+    start_server: StartServer, tiny_embed_dir: Path, tmp_path: Path
+) -> None:
+    s = await start_server(tiny_embed_dir, SIDECAR_JOBS_DIR=str(tmp_path))
+    file_part = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+        b'{"custom_id": "a"}\n\r\n'
+    )
+    bodies = [
+        # a part whose header line is not a header (schemathesis found it a 500)
+        b"--b\r\n[['L', -2.6e+46]]\r\n\r\nx\r\n--b--\r\n",
+        # a good file, then a part whose header is broken: the stored file goes too
+        file_part + b"--b\r\nnot a header\r\n\r\nx\r\n--b--\r\n",
+        # two files
+        file_part + file_part + b"--b--\r\n",
+    ]
+    for body in bodies:
+        headers = {"Content-Type": "multipart/form-data; boundary=b"}
+        async with s.tcp.post("/v1/files", data=body, headers=headers) as r:
+            assert r.status == 400, await r.text()
+            error = (await r.json())["error"]
+        assert error["code"] == "invalid_input"
+        assert "Traceback" not in error["message"] and "/" not in error["message"][:40]
+    async with s.tcp.get("/v1/files") as r:
+        assert (await r.json())["data"] == []
+    assert not list((tmp_path / "files").iterdir())  # nor its bytes on disk
