@@ -28,7 +28,8 @@
           └── UnavailableError           503
                ├── NotReadyError         503 not_ready (loading)
                ├── DrainingError         503 draining
-               └── VersionNotReadyError  503 version_not_ready
+               ├── VersionNotReadyError  503 version_not_ready
+               └── JobsLockedError       503 jobs_locked (another sidecar holds SIDECAR_JOBS_DIR)
 
 The layers below raise their own HTTP-agnostic errors (`batching`, `sidecar.models`, `loaders`);
 the same table maps those.
@@ -156,6 +157,11 @@ class JobConflictError(ApiError):
 
 class JobsDisabledError(ApiError):
     """Jobs need SIDECAR_JOBS_DIR, which is unset."""
+
+
+class JobsLockedError(UnavailableError):
+    """Another process holds the jobs directory's lock (a second sidecar on a shared volume, or
+    the old pod of a rollout still draining): jobs run here once it lets go."""
 
 
 class StorageFullError(ApiError):

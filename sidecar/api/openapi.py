@@ -62,8 +62,9 @@ STATUSES: dict[int, str] = {
     431: "headers_too_large",
     500: "internal_error: a bug; the message says nothing of the inside",
     501: "jobs_disabled: jobs need SIDECAR_JOBS_DIR",
-    503: "not_ready (loading), draining, too_many_connections (the listener's cap), see "
-    "Retry-After; device_failed (the container restarts)",
+    503: "not_ready (loading), draining, too_many_connections (the listener's cap), "
+    "jobs_locked (another sidecar holds SIDECAR_JOBS_DIR), see Retry-After; device_failed "
+    "(the container restarts)",
     504: "deadline_exceeded: the result was not ready by the deadline",
     507: "storage_full: the jobs storage (SIDECAR_JOBS_MAX_BYTES) has no room",
 }

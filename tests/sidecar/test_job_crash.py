@@ -1,6 +1,7 @@
 """Acceptance 2 of jobs: `kill -9` of a real `python -m sidecar serve` mid-batch, a restart on
 the same directory, and an output holding every custom_id exactly once, equal to a run that was
-never interrupted."""
+never interrupted. And a second process on the same directory, which waits for the first's lock
+and takes its jobs over when it dies."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import asyncio
 import io
 import json
 import random
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +122,37 @@ async def test_kill_9_mid_batch_then_restart_holds_every_custom_id_once(
         assert got["id"] != want["id"]  # another batch, other line ids
         g, w = got["response"]["body"]["data"][0], want["response"]["body"]["data"][0]
         assert g["embedding"] == pytest.approx(w["embedding"], abs=1e-5)
+
+
+async def test_a_second_process_on_the_directory_takes_over_when_the_first_is_killed(
+    processes: list[Process], socket_dir: str, tmp_path: Path, tiny_embed_dir: Path
+) -> None:
+    jobs, lines = tmp_path / "jobs", 20_000
+    first = await start(tmp_path, socket_dir, jobs, tiny_embed_dir, "first", processes)
+    second_dir = tempfile.mkdtemp(prefix="sc-", dir="/tmp")  # its own socket, same jobs dir
+    try:
+        second = await start(tmp_path, second_dir, jobs, tiny_embed_dir, "second", processes)
+        async with aiohttp.ClientSession() as session:
+            one, two = (f"http://127.0.0.1:{p.port}" for p in (first, second))
+            batch_id = await create_batch(session, one, requests(lines))
+            running = await wait_for(session, one, batch_id, completed=1)
+            async with session.get(f"{two}/v1/batches/{batch_id}") as r:
+                assert (r.status, (await r.json())["error"]["code"]) == (503, "jobs_locked")
+            async with session.post(f"{two}/v1/embeddings", json={"input": "still served"}) as r:
+                assert r.status == 200
+            first.proc.kill()  # the lock goes with the process, however it ends
+            assert await first.proc.wait() == -9
+            async with asyncio.timeout(30):
+                while True:
+                    async with session.get(f"{two}/v1/batches/{batch_id}") as r:
+                        if r.status == 200:
+                            break
+                    await asyncio.sleep(0.1)
+            done = await wait_for(session, two, batch_id)
+            assert running["status"] == "in_progress" and done["status"] == "completed", done
+            assert done["request_counts"] == {"total": lines, "completed": lines, "failed": 0}
+            got = await output(session, two, done)
+        assert [line["custom_id"] for line in got] == [f"c{i}" for i in range(lines)]
+        assert "another sidecar process holds the jobs directory" in second.log_text()
+    finally:
+        shutil.rmtree(second_dir, ignore_errors=True)

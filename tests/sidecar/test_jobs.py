@@ -218,6 +218,43 @@ async def test_a_job_resumes_after_a_restart_and_holds_every_input_once(
     assert [line["index"] for line in lines] == list(range(8000))
 
 
+async def test_a_second_sidecar_on_the_directory_waits_its_turn_then_runs_the_jobs(
+    start_server: StartServer, tiny_embed_dir: Path, tmp_path: Path
+) -> None:
+    # Two pods on one volume, or a rollout's new pod beside the old one still draining.
+    first = await start_jobs(start_server, tiny_embed_dir, tmp_path)
+    inputs = [f"line {i}" for i in range(8000)]
+    job = await submit(first.tcp, {"endpoint": "/v1/predict", "inputs": inputs})
+    await progress_events(first.tcp, job["id"], lambda j: j["progress"]["completed"] >= 512)
+    second = await start_jobs(start_server, tiny_embed_dir, tmp_path)
+    async with second.tcp.post("/v1/predict", json={"inputs": ["served as usual"]}) as r:
+        assert r.status == 200
+    job_path = f"/v1/jobs/{job['id']}"
+    for method, path in (("GET", "/v1/jobs"), ("GET", job_path),
+                         ("POST", f"{job_path}/cancel"), ("GET", "/v1/batches")):  # fmt: skip
+        async with second.uds.request(method, path) as r:
+            assert r.status == 503, (method, path, await r.text())
+            assert r.headers["Retry-After"] == "5"
+            assert (await r.json())["error"]["code"] == "jobs_locked"
+    async with second.uds.post("/v1/jobs", json={"endpoint": "/v1/predict", "inputs": ["x"]}) as r:
+        assert r.status == 503
+    async with first.tcp.get(job_path) as r:
+        assert (await r.json())["status"] == "running"  # still, on the first
+    await first.server.stop()  # lets go of the directory
+    async with asyncio.timeout(10):  # the second tries again every second
+        while True:
+            async with second.uds.get(job_path) as r:
+                if r.status == 200:
+                    break
+                assert r.status == 503
+            await asyncio.sleep(0.1)
+    done = await wait_status(second.uds, job["id"], timeout_s=120)
+    assert done["status"] == "completed"
+    assert done["progress"] == {"completed": 8000, "failed": 0, "total": 8000}
+    lines = await results(second.uds, job["id"], limit=10_000)
+    assert [line["index"] for line in lines] == list(range(8000))
+
+
 async def test_refusals_at_submit(
     start_server: StartServer, tiny_embed_dir: Path, tmp_path: Path
 ) -> None:

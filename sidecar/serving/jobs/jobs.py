@@ -2,6 +2,11 @@
 
 Every store call runs on one thread of its own (SQLite and file I/O never block the event
 loop); the runner and the API routes share it, so calls are serialised.
+
+One sidecar per jobs directory: the store holds the directory's lock. A sidecar that finds it
+held (another pod on a shared volume, or the old pod of a rollout still draining) serves
+interactive traffic as usual, answers the job routes 503 `jobs_locked`, and tries again every
+`LOCK_RETRY_S`: once the other lets go, it opens the store and runs (resumes) the jobs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from sidecar.errors import JobsLockedError, NotReadyError
 from sidecar.jobs_settings import JobsSettings
 from sidecar.serving.jobs import spool
 from sidecar.serving.jobs.records import Job, StoredFile
@@ -27,19 +33,23 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ITEM_OUTCOMES = ("completed", "failed")
+LOCK_RETRY_S = 1.0  # how often a sidecar that found the directory locked tries again
 
 
 class Jobs:
     """The job store, its thread, the runner and the retention sweep. Build with `open`."""
 
-    def __init__(self, settings: JobsSettings, store: JobStore, thread: ThreadPoolExecutor) -> None:
+    def __init__(self, settings: JobsSettings, thread: ThreadPoolExecutor) -> None:
         self.settings = settings
-        self._store = store
+        self._store: JobStore | None = None  # None while another process holds the directory
         self._thread = thread
         self._runner: JobRunner | None = None
+        self._started: tuple[Mapping[str, LineFormat], Callable[[BaseException], ItemError]] | None
+        self._started = None
         self._ended: Callable[[Job], None] | None = None
         self._sweeping: asyncio.Task[None] | None = None
         self._owed: asyncio.Task[None] | None = None
+        self._waiting: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self._submitting = asyncio.Semaphore(1)  # job bodies held in memory: one at a time
         # Read by the metrics at scrape time (plain values: another thread reads them).
@@ -49,14 +59,39 @@ class Jobs:
 
     @classmethod
     async def open(cls, settings: JobsSettings) -> Jobs:
-        """Open the store in `settings.dir` (jobs left cancelling by a crash are cancelled)."""
-        assert settings.dir is not None
-        thread = ThreadPoolExecutor(1, thread_name_prefix="job-store")
-        loop = asyncio.get_running_loop()
-        store = await loop.run_in_executor(thread, JobStore.open, settings.dir, settings.max_bytes)
-        jobs = cls(settings, store, thread)
-        await jobs._count()
+        """Open the store in `settings.dir` (jobs left cancelling by a crash are cancelled), or,
+        while another process holds the directory, keep trying in the background."""
+        jobs = cls(settings, ThreadPoolExecutor(1, thread_name_prefix="job-store"))
+        if not await jobs._try_open():
+            logger.warning(
+                "another sidecar process holds the jobs directory %s: the job routes answer"
+                " 503 jobs_locked until it lets go, then its jobs run here", settings.dir,
+            )  # fmt: skip
+            jobs._waiting = asyncio.create_task(jobs._wait_open(), name="jobs-directory-lock")
         return jobs
+
+    @property
+    def locked_out(self) -> bool:
+        """Another process holds the jobs directory: no job runs here yet."""
+        return self._store is None
+
+    async def _try_open(self) -> bool:
+        assert self.settings.dir is not None
+        try:
+            self._store = await self.call(JobStore.open, self.settings.dir, self.settings.max_bytes)
+        except JobsLockedError:
+            return False
+        await self._count()
+        return True
+
+    async def _wait_open(self) -> None:
+        opened = False
+        while not opened:
+            await asyncio.sleep(LOCK_RETRY_S)
+            opened = await self._try_open()
+        logger.info("the jobs directory %s is ours now: jobs run here", self.settings.dir)
+        if self._started is not None:
+            self._start_running()
 
     def start(
         self,
@@ -66,31 +101,38 @@ class Jobs:
     ) -> None:
         """Start running jobs (those a restart left running resume) and the retention sweep;
         `ended` is called with each job that ends (for its callback), and at once with each
-        ended job whose callback a restart left owed (`settle_callback` clears it)."""
-        self._ended = ended
+        ended job whose callback a restart left owed (`settle_callback` clears it). While
+        another process holds the directory, they start once it lets go."""
+        self._started, self._ended = (formats, describe), ended
+        if self._store is not None:
+            self._start_running()
+
+    def _start_running(self) -> None:
+        assert self._started is not None
+        formats, describe = self._started
         self._runner = JobRunner(
-            self.call, self._store, formats, describe, changed=self._on_change,
+            self.call, self.store, formats, describe, changed=self._on_change,
             on_items=self._on_items,
         )  # fmt: skip
         self._runner.start()
         self._sweeping = asyncio.create_task(self._sweep_loop(), name="job-retention")
-        if ended is not None:
-            self._owed = asyncio.create_task(self._deliver_owed(ended), name="owed-callbacks")
+        if self._ended is not None:
+            self._owed = asyncio.create_task(self._deliver_owed(self._ended), name="owed-callbacks")
 
     async def _deliver_owed(self, ended: Callable[[Job], None]) -> None:
-        for job in await self.call(self._store.owed_callbacks):
+        for job in await self.call(self.store.owed_callbacks):
             ended(job)
 
     async def settle_callback(self, job_id: str) -> None:
         """A job's callback was delivered or given up (`JobStore.settle_callback`)."""
-        await self.call(self._store.settle_callback, job_id)
+        await self.call(self.store.settle_callback, job_id)
 
     async def stop(self) -> None:
         """Stop the runner (its micro-batch in flight runs again after a restart) and the
         retention sweep; the routes still read the store until `close`."""
         if self._runner is not None:
             await self._runner.stop()
-        for task in (self._sweeping, self._owed):
+        for task in (self._waiting, self._sweeping, self._owed):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -98,8 +140,9 @@ class Jobs:
     async def close(self) -> None:
         """`stop`, and close the store and its thread."""
         await self.stop()
-        with contextlib.suppress(RuntimeError):
-            await self.call(self._store.close)
+        if self._store is not None:
+            with contextlib.suppress(RuntimeError):
+                await self.call(self._store.close)
         self._thread.shutdown(wait=False)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -109,7 +152,15 @@ class Jobs:
 
     @property
     def store(self) -> JobStore:
-        """The store, whose methods go through `call`."""
+        """The store, whose methods go through `call`.
+
+        Raises:
+            JobsLockedError: another process holds the jobs directory.
+        """
+        if self._store is None:
+            raise JobsLockedError(
+                "another sidecar process holds the jobs directory; jobs run here once it lets go"
+            )
         return self._store
 
     # -- jobs --------------------------------------------------------------------------------
@@ -154,8 +205,8 @@ class Jobs:
             error_file_id=None, error=failure, completion_window=completion_window,
         )  # fmt: skip
         if input_file is not None:
-            await self.call(self._store.check_room, input_file.bytes)
-        created = await self.call(self._store.create_job, job, inputs)
+            await self.call(self.store.check_room, input_file.bytes)
+        created = await self.call(self.store.create_job, job, inputs)
         self._on_change(created)
         if self._runner is not None:
             self._runner.wake()
@@ -163,21 +214,23 @@ class Jobs:
 
     async def get(self, job_id: str, kind: str) -> Job:
         """Raises JobNotFoundError."""
-        return await self.call(self._store.job, job_id, kind)
+        return await self.call(self.store.job, job_id, kind)
 
     async def page(self, kind: str, *, after: str | None, limit: int) -> list[Job]:
-        return await self.call(self._store.jobs, kind, after=after, limit=limit)
+        return await self.call(self.store.jobs, kind, after=after, limit=limit)
 
     async def results(self, job: Job, offset: int, limit: int) -> bytes:
-        return await self.call(self._store.read_results, job, offset, limit)
+        return await self.call(self.store.read_results, job, offset, limit)
 
     async def delete(self, job_id: str, kind: str) -> None:
         """Raises JobNotFoundError, JobConflictError (not finished)."""
-        await self.call(self._store.delete_job, job_id, kind)
+        await self.call(self.store.delete_job, job_id, kind)
         await self._notify()
 
     async def cancel(self, job_id: str, kind: str) -> Job:
-        assert self._runner is not None
+        if self._runner is None:
+            self.store  # noqa: B018 -- raises JobsLockedError while the directory is another's
+            raise NotReadyError("jobs start once the model is loaded")
         return await self._runner.cancel(job_id, kind)
 
     def estimated_completion(self, job: Job) -> float | None:
@@ -193,34 +246,34 @@ class Jobs:
 
     async def upload(self) -> Upload:
         """A new upload, written on the store thread to a temporary file."""
-        path = self._store.root / "tmp" / new_id("upload-")
+        path = self.store.root / "tmp" / new_id("upload-")
         handle: IO[bytes] = await self.call(path.open, "wb")
         return Upload(self, path, handle)
 
     async def file(self, file_id: str) -> StoredFile:
         """Raises StoredFileNotFoundError."""
-        return await self.call(self._store.file, file_id)
+        return await self.call(self.store.file, file_id)
 
     async def files(
         self, purpose: str | None, *, after: str | None, limit: int
     ) -> list[StoredFile]:
-        return await self.call(self._store.files, purpose, after=after, limit=limit)
+        return await self.call(self.store.files, purpose, after=after, limit=limit)
 
     async def file_bytes(self, stored: StoredFile, start: int, size: int) -> bytes:
-        return await self.call(self._store.read_file, stored, start, size)
+        return await self.call(self.store.read_file, stored, start, size)
 
     async def survey(self, stored: StoredFile, key: Callable[[bytes], str | None]) -> spool.Survey:
         """A stored file's non-blank lines, and the first whose `key` repeats an earlier
         line's (among the first `max_inputs`, past which a batch is refused anyway)."""
-        return await self.call(self._store.survey, stored, key, self.settings.max_inputs)
+        return await self.call(self.store.survey, stored, key, self.settings.max_inputs)
 
     async def delete_file(self, file_id: str) -> None:
         """Raises StoredFileNotFoundError, JobConflictError (an unfinished batch reads it)."""
-        await self.call(self._store.delete_file, file_id)
+        await self.call(self.store.delete_file, file_id)
 
     async def check_room(self, incoming: int) -> None:
         """Raises StorageFullError when `incoming` bytes more do not fit."""
-        await self.call(self._store.check_room, incoming)
+        await self.call(self.store.check_room, incoming)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -235,6 +288,8 @@ class Jobs:
             self._changed.notify_all()
 
     async def _count(self) -> None:
+        if self._store is None:
+            return
         with contextlib.suppress(RuntimeError):  # the thread is gone: closing
             self.counts, self.backlog = await self.call(self._store.status_counts)
 
@@ -246,7 +301,7 @@ class Jobs:
         retention_s = self.settings.retention_s
         while True:
             try:
-                removed = await self.call(self._store.sweep, time.time() - retention_s)
+                removed = await self.call(self.store.sweep, time.time() - retention_s)
                 if removed:
                     logger.info("retention: removed %d jobs and files", removed)
                     await self._notify()

@@ -1,14 +1,18 @@
-"""The JSONL files of jobs: read by line and byte range, written at an offset and synced.
+"""The JSONL files of jobs: read by line and byte range, written at an offset and synced; and
+the directory's lock.
 
 Called on the store thread only (`JobStore`), never on the event loop.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from sidecar.errors import JobsLockedError
 
 
 def read_lines(path: Path, offset: int, count: int) -> list[tuple[bytes, int]]:
@@ -102,3 +106,20 @@ def cut(path: Path, size: int) -> None:
     if path.exists() or size:
         with open(path, "ab") as f:
             f.truncate(size)
+
+
+def lock(path: Path) -> int:
+    """An exclusive lock on `path` (created), as an open descriptor; closing it lets go.
+
+    Raises:
+        JobsLockedError: another open descriptor holds it, in this process or another.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise JobsLockedError(
+            "another sidecar process holds the jobs directory; jobs run here once it lets go"
+        ) from None
+    return fd

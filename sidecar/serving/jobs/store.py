@@ -1,5 +1,6 @@
 """The durable job store: SQLite in WAL mode plus JSONL files, in SIDECAR_JOBS_DIR.
 
+    lock                    held (flock) while a store is open: one sidecar per directory
     jobs.sqlite3            jobs, files, and the chunks of each job's results (offsets)
     files/<file id>         uploaded files (OpenAI `purpose: batch` input)
     jobs/<job id>/input     a native job's inputs, one JSON value a line
@@ -75,22 +76,37 @@ BEGIN DELETE FROM owed_callbacks WHERE job_id = OLD.id; END;
 class JobStore:
     """Jobs and files on disk. Open with `open`; see the module docstring."""
 
-    def __init__(self, root: Path, db: sqlite3.Connection, max_bytes: int) -> None:
+    def __init__(self, root: Path, db: sqlite3.Connection, max_bytes: int, lock: int) -> None:
         self.root = root
         self._db = db
         self.max_bytes = max_bytes
+        self._lock = lock
 
     @classmethod
     def open(cls, directory: str, max_bytes: int) -> JobStore:
-        """Open (or create) the store; jobs a crash left cancelling are cancelled."""
+        """Open (or create) the store; jobs a crash left cancelling are cancelled.
+
+        Raises:
+            JobsLockedError: another process has the directory open (its lock is held until
+                that process closes the store or exits, however it exits).
+        """
         root = Path(directory)
         for sub in ("files", "jobs", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        lock = spool.lock(root / "lock")
+        try:
+            return cls._open(root, max_bytes, lock)
+        except BaseException:
+            os.close(lock)
+            raise
+
+    @classmethod
+    def _open(cls, root: Path, max_bytes: int, lock: int) -> JobStore:
         db = sqlite3.connect(root / "jobs.sqlite3", isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
-        store = cls(root, db, max_bytes)
+        store = cls(root, db, max_bytes, lock)
         for job in store.jobs_in(Status.CANCELLING):
             store.finish(job.id, Status.CANCELLED)
         for leftover in (root / "tmp").iterdir():  # uploads a crash cut short
@@ -98,7 +114,9 @@ class JobStore:
         return store
 
     def close(self) -> None:
+        """Close the database and let go of the directory."""
         self._db.close()
+        os.close(self._lock)
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

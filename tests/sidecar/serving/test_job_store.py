@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.errors import ConfigError, JobConflictError, StorageFullError
+from sidecar.errors import ConfigError, JobConflictError, JobsLockedError, StorageFullError
 from sidecar.jobs_settings import JobsSettings
 from sidecar.serving.jobs import Job, Status
 from sidecar.serving.jobs.states import TERMINAL, TRANSITIONS
@@ -183,3 +183,11 @@ def test_deleting_a_job_forgets_its_owed_callback(tmp_path: Path) -> None:
     assert len(store.owed_callbacks()) == 1
     store.delete_job(job.id, "job")
     assert store.owed_callbacks() == []
+
+
+def test_one_store_per_directory_until_it_is_closed(tmp_path: Path) -> None:
+    store = JobStore.open(str(tmp_path), 1 << 30)
+    with pytest.raises(JobsLockedError, match="another sidecar process holds the jobs directory"):
+        JobStore.open(str(tmp_path), 1 << 30)
+    store.close()
+    JobStore.open(str(tmp_path), 1 << 30).close()
