@@ -224,7 +224,7 @@ async def serve(
     try:
         await server.start()
     except (OSError, StartupError) as exc:
-        logger.error("cannot listen: %s", exc)
+        logger.error("cannot start: %s", exc)
         await server.stop()
         return 1
     loading = asyncio.create_task(server.load(), name="load-model")

@@ -222,3 +222,16 @@ async def test_refuses_to_replace_a_file_that_is_not_a_socket(
     assert await asyncio.wait_for(process.proc.wait(), 60) == 1
     assert Path(env["SIDECAR_UDS"]).read_text() == "precious"
     assert "not a socket" in process.log_text()
+
+
+async def test_a_jobs_dir_that_cannot_hold_the_store_stops_start_up_naming_it(
+    processes: list[Process], socket_dir: str, tmp_path: Path, tiny_embed_dir: Path
+) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory")
+    env = base_env(socket_dir, SIDECAR_MODEL=str(tiny_embed_dir), SIDECAR_JOBS_DIR=str(taken))
+    process = await spawn(env, tmp_path / "log", processes)
+    assert await asyncio.wait_for(process.proc.wait(), 60) == 1
+    log = process.log_text()
+    assert f"SIDECAR_JOBS_DIR={taken}: the job store cannot be opened there" in log
+    assert "Traceback" not in log

@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from sidecar.errors import JobsLockedError, NotReadyError
+from sidecar.errors import JobsLockedError, NotReadyError, StartupError
 from sidecar.jobs_settings import JobsSettings
 from sidecar.serving.jobs import spool
 from sidecar.serving.jobs.records import Job, StoredFile
@@ -60,9 +61,20 @@ class Jobs:
     @classmethod
     async def open(cls, settings: JobsSettings) -> Jobs:
         """Open the store in `settings.dir` (jobs left cancelling by a crash are cancelled), or,
-        while another process holds the directory, keep trying in the background."""
+        while another process holds the directory, keep trying in the background.
+
+        Raises:
+            StartupError: the directory cannot hold the store (missing parent, read-only...).
+        """
         jobs = cls(settings, ThreadPoolExecutor(1, thread_name_prefix="job-store"))
-        if not await jobs._try_open():
+        try:
+            opened = await jobs._try_open()
+        except (OSError, sqlite3.Error) as exc:
+            jobs._thread.shutdown(wait=False)
+            raise StartupError(
+                f"SIDECAR_JOBS_DIR={settings.dir}: the job store cannot be opened there ({exc})"
+            ) from None
+        if not opened:
             logger.warning(
                 "another sidecar process holds the jobs directory %s: the job routes answer"
                 " 503 jobs_locked until it lets go, then its jobs run here", settings.dir,
