@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from sidecar.errors import ConfigError
 from sidecar.jobs_settings import JobsSettings
@@ -69,13 +70,18 @@ async def receiver() -> AsyncIterator[Callable[..., Any]]:
 
 
 def verify(key: bytes, headers: dict[str, str], body: bytes) -> None:
-    """Standard Webhooks verification, written from the specification."""
+    """Standard Webhooks verification, written from the specification, and by the reference
+    library a receiver uses (`standardwebhooks`, which also bounds the timestamp's age)."""
     message_id, timestamp = headers["webhook-id"], headers["webhook-timestamp"]
     assert abs(time.time() - int(timestamp)) < 300
     signed = f"{message_id}.{timestamp}.".encode() + body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
     versions = dict(part.split(",", 1) for part in headers["webhook-signature"].split(" "))
     assert hmac.compare_digest(versions["v1"], expected)
+    secret = "whsec_" + base64.b64encode(key).decode()
+    assert Webhook(secret).verify(body, headers) == json.loads(body)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(body + b" ", headers)
 
 
 async def start_with_callbacks(
