@@ -202,30 +202,40 @@ async def test_a_running_job_cannot_be_deleted_and_jobs_are_listed_newest_first(
         assert r.status == 400
 
 
+async def start_mid_job(
+    start_server: StartServer, model: Path, directory: Path, count: int = 8000
+) -> tuple[Running, dict[str, Any]]:
+    """A server on `directory` running a job of `count` inputs, 512 of them done."""
+    first = await start_jobs(start_server, model, directory)
+    inputs = [f"line {i}" for i in range(count)]
+    job = await submit(first.tcp, {"endpoint": "/v1/predict", "inputs": inputs})
+    await progress_events(first.tcp, job["id"], lambda j: j["progress"]["completed"] >= 512)
+    return first, job
+
+
+async def assert_done_once(session: aiohttp.ClientSession, job_id: str, count: int) -> None:
+    """The job completes, with a result for every input exactly once, in order."""
+    done = await wait_status(session, job_id, timeout_s=120)
+    assert done["status"] == "completed"
+    assert done["progress"] == {"completed": count, "failed": 0, "total": count}
+    lines = await results(session, job_id, limit=10_000)
+    assert [line["index"] for line in lines] == list(range(count))
+
+
 async def test_a_job_resumes_after_a_restart_and_holds_every_input_once(
     start_server: StartServer, tiny_embed_dir: Path, tmp_path: Path
 ) -> None:
-    first = await start_jobs(start_server, tiny_embed_dir, tmp_path)
-    inputs = [f"line {i}" for i in range(8000)]
-    job = await submit(first.tcp, {"endpoint": "/v1/predict", "inputs": inputs})
-    await progress_events(first.tcp, job["id"], lambda j: j["progress"]["completed"] >= 512)
+    first, job = await start_mid_job(start_server, tiny_embed_dir, tmp_path)
     await first.server.stop()  # the micro-batch in flight is dropped
     second = await start_jobs(start_server, tiny_embed_dir, tmp_path)
-    done = await wait_status(second.uds, job["id"])
-    assert done["status"] == "completed"
-    assert done["progress"] == {"completed": 8000, "failed": 0, "total": 8000}
-    lines = await results(second.uds, job["id"], limit=10_000)
-    assert [line["index"] for line in lines] == list(range(8000))
+    await assert_done_once(second.uds, job["id"], 8000)
 
 
 async def test_a_second_sidecar_on_the_directory_waits_its_turn_then_runs_the_jobs(
     start_server: StartServer, tiny_embed_dir: Path, tmp_path: Path
 ) -> None:
     # Two pods on one volume, or a rollout's new pod beside the old one still draining.
-    first = await start_jobs(start_server, tiny_embed_dir, tmp_path)
-    inputs = [f"line {i}" for i in range(8000)]
-    job = await submit(first.tcp, {"endpoint": "/v1/predict", "inputs": inputs})
-    await progress_events(first.tcp, job["id"], lambda j: j["progress"]["completed"] >= 512)
+    first, job = await start_mid_job(start_server, tiny_embed_dir, tmp_path)
     second = await start_jobs(start_server, tiny_embed_dir, tmp_path)
     async with second.tcp.post("/v1/predict", json={"inputs": ["served as usual"]}) as r:
         assert r.status == 200
@@ -248,11 +258,7 @@ async def test_a_second_sidecar_on_the_directory_waits_its_turn_then_runs_the_jo
                     break
                 assert r.status == 503
             await asyncio.sleep(0.1)
-    done = await wait_status(second.uds, job["id"], timeout_s=120)
-    assert done["status"] == "completed"
-    assert done["progress"] == {"completed": 8000, "failed": 0, "total": 8000}
-    lines = await results(second.uds, job["id"], limit=10_000)
-    assert [line["index"] for line in lines] == list(range(8000))
+    await assert_done_once(second.uds, job["id"], 8000)
 
 
 async def test_refusals_at_submit(
