@@ -82,17 +82,21 @@ class Jobs:
             jobs._waiting = asyncio.create_task(jobs._wait_open(), name="jobs-directory-lock")
         return jobs
 
-    @property
-    def locked_out(self) -> bool:
-        """Another process holds the jobs directory: no job runs here yet."""
-        return self._store is None
-
     async def _try_open(self) -> bool:
         assert self.settings.dir is not None
+        loop = asyncio.get_running_loop()
+        opening = loop.run_in_executor(
+            self._thread, JobStore.open, self.settings.dir, self.settings.max_bytes
+        )
         try:
-            self._store = await self.call(JobStore.open, self.settings.dir, self.settings.max_bytes)
+            self._store = await asyncio.shield(opening)
         except JobsLockedError:
             return False
+        except asyncio.CancelledError:  # stopped meanwhile: a store it opened lets go
+            with contextlib.suppress(Exception):
+                store = await opening
+                await self.call(store.close)
+            raise
         await self._count()
         return True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from sidecar.errors import ConfigError, JobConflictError, JobsLockedError, StorageFullError
 from sidecar.jobs_settings import JobsSettings
-from sidecar.serving.jobs import Job, Status
+from sidecar.serving.jobs import Job, Jobs, Status
 from sidecar.serving.jobs.states import TERMINAL, TRANSITIONS
 from sidecar.serving.jobs.store import JobStore, new_id
 
@@ -191,3 +192,26 @@ def test_one_store_per_directory_until_it_is_closed(tmp_path: Path) -> None:
         JobStore.open(str(tmp_path), 1 << 30)
     store.close()
     JobStore.open(str(tmp_path), 1 << 30).close()
+
+
+async def test_jobs_wait_for_the_directory_then_open_it_and_let_go_when_closed(
+    tmp_path: Path,
+) -> None:
+    holder = JobStore.open(str(tmp_path), 1 << 30)  # another sidecar's store
+    settings = JobsSettings.from_env({"SIDECAR_JOBS_DIR": str(tmp_path)})
+    jobs = await Jobs.open(settings)
+    with pytest.raises(JobsLockedError):
+        await jobs.page("job", after=None, limit=10)
+    holder.close()
+    deadline = time.monotonic() + 5  # it tries again every LOCK_RETRY_S
+    while True:
+        try:
+            assert await jobs.page("job", after=None, limit=10) == []
+            break
+        except JobsLockedError:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    with pytest.raises(JobsLockedError):
+        JobStore.open(str(tmp_path), 1 << 30)  # now it is the holder
+    await jobs.close()
+    JobStore.open(str(tmp_path), 1 << 30).close()  # and it let go
