@@ -104,7 +104,11 @@ class Jobs:
         opened = False
         while not opened:
             await asyncio.sleep(LOCK_RETRY_S)
-            opened = await self._try_open()
+            try:
+                opened = await self._try_open()
+            except (OSError, sqlite3.Error) as exc:  # the directory went bad meanwhile
+                logger.error("the job store cannot be opened: %s; jobs stay off here", exc)
+                return
         logger.info("the jobs directory %s is ours now: jobs run here", self.settings.dir)
         if self._started is not None:
             self._start_running()

@@ -215,3 +215,22 @@ async def test_jobs_wait_for_the_directory_then_open_it_and_let_go_when_closed(
         JobStore.open(str(tmp_path), 1 << 30)  # now it is the holder
     await jobs.close()
     JobStore.open(str(tmp_path), 1 << 30).close()  # and it let go
+
+
+async def test_a_waiting_jobs_gives_up_saying_why_when_the_directory_goes_bad(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "jobs"
+    holder = JobStore.open(str(directory), 1 << 30)
+    jobs = await Jobs.open(JobsSettings.from_env({"SIDECAR_JOBS_DIR": str(directory)}))
+    directory.rename(tmp_path / "moved")
+    directory.write_text("a file now")
+    holder.close()
+    for _ in range(100):  # it tries again every LOCK_RETRY_S
+        if "the job store cannot be opened" in caplog.text:
+            break
+        await asyncio.sleep(0.05)
+    assert "jobs stay off here" in caplog.text
+    with pytest.raises(JobsLockedError):  # the job routes still say why they are off
+        await jobs.page("job", after=None, limit=10)
+    await jobs.close()
