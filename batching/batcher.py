@@ -6,7 +6,8 @@ on a preparation thread while one runs), and hands each item's result or error b
 
 When a batch closes: at once when full, else by the window (`batching.window`). Two priority
 classes: interactive items, and bulk items (`submit(..., bulk=True)`, for jobs) that run only in
-the capacity interactive items leave (`batching.lanes`).
+the capacity interactive items leave, or in the free rows of their batches where these cost
+nothing (`batching.lanes`).
 
 Which items: the oldest queued item always goes in the next batch, with the items that
 `select_batch` groups beside it (`batching.grouping`), priced by the batch cost measured from the
@@ -99,14 +100,9 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         self.config = config
         self._observer = observer or BatchObserver()
         self._device = Device(
-            run_executor,
-            max_tokens=config.max_tokens,
-            oom_cooldown_s=config.oom_cooldown_s,
-            is_oom=is_oom,
-            after_oom=after_oom,
-            is_fatal=is_fatal,
-            clock=clock,
-        )
+            run_executor, max_tokens=config.max_tokens, oom_cooldown_s=config.oom_cooldown_s,
+            is_oom=is_oom, after_oom=after_oom, is_fatal=is_fatal, clock=clock,
+        )  # fmt: skip
         self._owns_prepare = prepare_executor is None
         self._prepare_executor = prepare_executor or ThreadPoolExecutor(1, "batch-prepare")
         self._clock = clock
@@ -329,6 +325,8 @@ class Batcher(Generic[ItemT, PreparedT, ResultT]):
         )
         if not batch:
             return False
+        if not bulk:  # bulk items ride in the rows its floor pays for anyway (a GPU)
+            batch += self._bulk.riders(batch, self._cost, config, budget, now)
         idle = self._inflight == 0
         start = max(batch[0].enqueued_at, self._idle_since)
         stepped = bulk and self._passes.can_step

@@ -20,6 +20,12 @@ interactive items leave.
   next pause, and the bulk pass waits while one is in flight or due before its next step would
   end. Once it has waited `guard_s`, the starvation guard runs the rest of it without pauses
   (one bulk batch per `guard_s` at least, as above).
+- Riders (`riders`): an interactive batch takes bulk items into its free rows as far as the
+  fitted cost says they add at most `RIDER_SHARE` (2%) to its time. On a GPU, where a pass costs
+  its floor up to a knee, that fills the batch: this is the job's share of a device that an open
+  loop of interactive traffic keeps busy with part-full batches, leaving no idle moment between
+  them. On a CPU every row costs about as much as a short item's tokens, so a small batch takes
+  none (a large one may take one or two).
 - Bulk items have no deadline and no admission bound: their submitter bounds how many it has
   queued at once.
 
@@ -36,8 +42,9 @@ import math
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from batching.config import BatchConfig
 from batching.costs import BatchCost
-from batching.queue import ItemQueue
+from batching.queue import Entry, ItemQueue
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -46,6 +53,7 @@ ResultT = TypeVar("ResultT")
 # device one such batch is a short pass.
 UNFITTED_TOKENS = 512
 _SMOOTHING = 0.1  # weight of the newest interactive batch in the typical one
+RIDER_SHARE = 0.02  # bulk items ride in an interactive batch if they add at most this to its time
 
 
 class BulkLane(Generic[ItemT, ResultT]):
@@ -138,6 +146,43 @@ class BulkLane(Generic[ItemT, ResultT]):
         return max(
             1, min(max_tokens, int(max(1.0, self.steps / 2) * max(floor, self._typical_tokens)))
         )
+
+    def riders(
+        self,
+        batch: list[Entry[ItemT, ResultT]],
+        cost: BatchCost,
+        config: BatchConfig,
+        max_tokens: int,
+        now: float,
+    ) -> list[Entry[ItemT, ResultT]]:
+        """Bulk items to ride in an interactive batch's free rows, taken from the queue, oldest
+        first: as many as the fitted cost says add at most `RIDER_SHARE` to the batch's time,
+        within `max_size` and `max_tokens` (padded as `config` pads). On a GPU below its knee
+        rows cost nothing and the batch fills; on a CPU, where every row costs, a small batch
+        takes none. None before the cost is fitted."""
+        if not cost.fitted:
+            return []
+        knee, size, longest = cost.knee_tokens, len(batch), max(e.length for e in batch)
+        beyond = max(0.0, config.padded_tokens(size, longest) - knee)
+        allowed = RIDER_SHARE * (cost.overhead_tokens + beyond)  # in padded tokens' time
+        taken: list[Entry[ItemT, ResultT]] = []
+        for entry in self.queue.entries():
+            if entry.future.done():
+                continue
+            wider = max(longest, entry.length)
+            padded = config.padded_tokens(size + 1, wider)
+            if size == config.max_size or padded > max_tokens:
+                break
+            if max(0.0, padded - knee) - beyond > allowed:
+                break
+            size, longest = size + 1, wider
+            taken.append(entry)
+        for entry in taken:
+            self.queue.discard(entry)
+            entry.taken = True
+        if taken:
+            self._last_s = now  # the lane moved: the starvation guard counts from here
+        return taken
 
     def started(self, now: float) -> None:
         """A bulk batch left the queue."""

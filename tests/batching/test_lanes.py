@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batching import BatchCost
+from batching import BatchConfig, BatchCost, Batcher
 from batching.lanes import UNFITTED_TOKENS, BulkLane
-from tests.batching.test_batcher import Device, Recorder, make, wait_entered
+from batching.queue import Entry
+from tests.batching.test_batcher import (
+    Device,
+    Recorder,
+    make,
+    seeded_device,
+    wait_entered,
+    warm_up,
+)
 from tests.batching.test_batcher import started as started  # the fixture
 
 
@@ -135,3 +144,54 @@ def test_the_bulk_budget_grows_to_a_typical_interactive_batch() -> None:
     for _ in range(100):
         lane.observe_interactive(320)  # interactive batches of ten 32-token items
     assert 300 <= lane.token_budget(cost, 16384) <= 320
+
+
+def riders_batcher(
+    cost_s: Callable[[int], float], costs: dict[int, int], seen: list[list[int]]
+) -> Batcher[int, list[int], int]:
+    batcher: Batcher[int, list[int], int] = Batcher(
+        list, seeded_device(cost_s, costs, seen), BatchConfig(max_size=32, window_s=0.0)
+    )
+    batcher.seed_costs(warm_up(cost_s))
+    return batcher
+
+
+async def test_bulk_items_ride_in_an_interactive_batchs_free_rows_on_a_gpu(started) -> None:
+    costs = {item: 10 for item in range(100)}
+    seen: list[list[int]] = []
+    batcher = riders_batcher(lambda padded: max(0.010, 0.002 + 1e-6 * padded), costs, seen)
+    started(batcher)
+    await batcher.start()
+    interactive, bulk = await asyncio.gather(
+        batcher.submit([0], [10]), batcher.submit(list(range(1, 100)), [10] * 99, bulk=True)
+    )
+    assert interactive == [0] and bulk == list(range(1, 100))
+    # Below the knee a row costs nothing: the interactive batch went full, 31 bulk items in it.
+    assert seen[0] == list(range(32))
+
+
+async def test_no_bulk_item_rides_in_a_small_interactive_batch_on_a_cpu(started) -> None:
+    costs = {item: 10 for item in range(100)}
+    seen: list[list[int]] = []
+    batcher = riders_batcher(lambda padded: 0.001 + 0.00002 * padded, costs, seen)
+    started(batcher)
+    await batcher.start()
+    await asyncio.gather(
+        batcher.submit([0], [10]), batcher.submit(list(range(1, 100)), [10] * 99, bulk=True)
+    )
+    assert seen[0] == [0]  # every row costs: the interactive item went alone, first
+
+
+def test_riders_add_at_most_their_share_of_a_batchs_time() -> None:
+    lane: BulkLane[int, int] = BulkLane(guard_s=1.0, floors=1.0, clock=time.monotonic)
+    cost = BatchCost()  # CPU-like: a 50-token floor, every token beyond it costs
+    cost.seed((tokens, 0.001 + 0.00002 * tokens) for tokens in (16, 64, 256, 1024, 4096) * 2)
+    loop = asyncio.new_event_loop()
+    entries = [Entry(i, 10, 10, None, 0.0, loop.create_future(), i, None) for i in range(200)]
+    lane.queue.add(entries[100:])
+    config = BatchConfig(max_size=256, max_tokens=16384)
+    riders = lane.riders(entries[:100], cost, config, 16384, 0.0)
+    # 100 items of 10 tokens: 1 000 padded tokens and a floor of 50: 2% is 21 tokens, two rows.
+    assert [e.item for e in riders] == [100, 101]
+    assert len(lane.queue) == 98 and all(e.taken for e in riders)
+    loop.close()
