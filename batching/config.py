@@ -28,6 +28,8 @@ class BatchConfig:
         bulk_guard_s: bulk items (jobs) wait at most this long between two bulk batches under
             constant interactive load (see `batching.lanes`).
         bulk_floors: a bulk batch costs at most `1 + bulk_floors` of the smallest batch.
+        bulk_rider_share: bulk items ride in an interactive batch's free rows as far as the
+            fitted cost says they add at most this share to its time (0: never).
         buckets: the shapes batches are padded to (see `batching.buckets`); the batcher counts
             padded tokens as they run, `padded_shape`, and the one who collates pads the same
             way. Empty: each batch runs at items x its largest cost.
@@ -44,6 +46,7 @@ class BatchConfig:
     buckets: Buckets = field(default_factory=Buckets)
     bulk_guard_s: float = 0.5
     bulk_floors: float = 1.0
+    bulk_rider_share: float = 0.02
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.window_s <= 1.0:
@@ -60,6 +63,8 @@ class BatchConfig:
             raise ValueError(f"max_padding must be within [0, 1], got {self.max_padding}")
         if self.bulk_guard_s <= 0 or self.bulk_floors <= 0:
             raise ValueError("bulk_guard_s and bulk_floors must be > 0")
+        if not 0.0 <= self.bulk_rider_share <= 1.0:
+            raise ValueError(f"bulk_rider_share must be in [0, 1], got {self.bulk_rider_share}")
         if self.oom_cooldown_s < 0:
             raise ValueError(f"oom_cooldown_s must be >= 0, got {self.oom_cooldown_s}")
 

@@ -21,11 +21,11 @@ interactive items leave.
   end. Once it has waited `guard_s`, the starvation guard runs the rest of it without pauses
   (one bulk batch per `guard_s` at least, as above).
 - Riders (`riders`): an interactive batch takes bulk items into its free rows as far as the
-  fitted cost says they add at most `RIDER_SHARE` (2%) to its time. On a GPU, where a pass costs
-  its floor up to a knee, that fills the batch: this is the job's share of a device that an open
-  loop of interactive traffic keeps busy with part-full batches, leaving no idle moment between
-  them. On a CPU every row costs about as much as a short item's tokens, so a small batch takes
-  none (a large one may take one or two).
+  fitted cost says they add at most `bulk_rider_share` (2%) to its time. On a GPU, where a pass
+  costs its floor up to a knee, that fills the batch: this is the job's share of a device that an
+  open loop of interactive traffic keeps busy with part-full batches, leaving no idle moment
+  between them. On a CPU every row costs about as much as a short item's tokens, so a small
+  batch takes none (a large one may take one or two).
 - Bulk items have no deadline and no admission bound: their submitter bounds how many it has
   queued at once.
 
@@ -53,7 +53,6 @@ ResultT = TypeVar("ResultT")
 # device one such batch is a short pass.
 UNFITTED_TOKENS = 512
 _SMOOTHING = 0.1  # weight of the newest interactive batch in the typical one
-RIDER_SHARE = 0.02  # bulk items ride in an interactive batch if they add at most this to its time
 
 
 class BulkLane(Generic[ItemT, ResultT]):
@@ -156,15 +155,15 @@ class BulkLane(Generic[ItemT, ResultT]):
         now: float,
     ) -> list[Entry[ItemT, ResultT]]:
         """Bulk items to ride in an interactive batch's free rows, taken from the queue, oldest
-        first: as many as the fitted cost says add at most `RIDER_SHARE` to the batch's time,
-        within `max_size` and `max_tokens` (padded as `config` pads). On a GPU below its knee
-        rows cost nothing and the batch fills; on a CPU, where every row costs, a small batch
-        takes none. None before the cost is fitted."""
-        if not cost.fitted:
+        first: as many as the fitted cost says add at most `config.bulk_rider_share` to the
+        batch's time, within `max_size` and `max_tokens` (padded as `config` pads). On a GPU
+        below its knee rows cost nothing and the batch fills; on a CPU, where every row costs, a
+        small batch takes none. None before the cost is fitted."""
+        if not cost.fitted or config.bulk_rider_share == 0:
             return []
         knee, size, longest = cost.knee_tokens, len(batch), max(e.length for e in batch)
         beyond = max(0.0, config.padded_tokens(size, longest) - knee)
-        allowed = RIDER_SHARE * (cost.overhead_tokens + beyond)  # in padded tokens' time
+        allowed = config.bulk_rider_share * (cost.overhead_tokens + beyond)  # in tokens' time
         taken: list[Entry[ItemT, ResultT]] = []
         for entry in self.queue.entries():
             if entry.future.done():

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pytest
+
 from batching import BatchConfig, BatchCost, Batcher
 from batching.lanes import UNFITTED_TOKENS, BulkLane
 from batching.queue import Entry
@@ -147,27 +149,37 @@ def test_the_bulk_budget_grows_to_a_typical_interactive_batch() -> None:
 
 
 def riders_batcher(
-    cost_s: Callable[[int], float], costs: dict[int, int], seen: list[list[int]]
+    cost_s: Callable[[int], float], costs: dict[int, int], seen: list[list[int]], **config: float
 ) -> Batcher[int, list[int], int]:
     batcher: Batcher[int, list[int], int] = Batcher(
-        list, seeded_device(cost_s, costs, seen), BatchConfig(max_size=32, window_s=0.0)
+        list, seeded_device(cost_s, costs, seen), BatchConfig(max_size=32, window_s=0.0, **config)
     )
     batcher.seed_costs(warm_up(cost_s))
     return batcher
 
 
-async def test_bulk_items_ride_in_an_interactive_batchs_free_rows_on_a_gpu(started) -> None:
+@pytest.mark.parametrize(("share", "first"), [(0.02, list(range(32))), (0.0, [0])])
+async def test_bulk_items_ride_in_an_interactive_batchs_free_rows_on_a_gpu(
+    started, share: float, first: list[int]
+) -> None:
     costs = {item: 10 for item in range(100)}
     seen: list[list[int]] = []
-    batcher = riders_batcher(lambda padded: max(0.010, 0.002 + 1e-6 * padded), costs, seen)
+
+    def gpu_like(padded: int) -> float:
+        return max(0.010, 0.002 + 1e-6 * padded)
+
+    batcher = riders_batcher(gpu_like, costs, seen, bulk_rider_share=share)
     started(batcher)
     await batcher.start()
     interactive, bulk = await asyncio.gather(
         batcher.submit([0], [10]), batcher.submit(list(range(1, 100)), [10] * 99, bulk=True)
     )
     assert interactive == [0] and bulk == list(range(1, 100))
-    # Below the knee a row costs nothing: the interactive batch went full, 31 bulk items in it.
-    assert seen[0] == list(range(32))
+    # Below the knee a row costs nothing: the interactive batch went full, 31 bulk items in it
+    # (a share of 0 turns riding off).
+    assert seen[0] == first
+    with pytest.raises(ValueError, match="bulk_rider_share"):
+        BatchConfig(bulk_rider_share=1.5)
 
 
 async def test_no_bulk_item_rides_in_a_small_interactive_batch_on_a_cpu(started) -> None:
