@@ -103,36 +103,35 @@ async def upload(request: web.Request) -> web.StreamResponse:
     purpose: str | None = None
     stored: StoredFile | None = None
     try:
-        async with asyncio.timeout(UPLOAD_DEADLINE_S):
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader):
-                    raise InvalidInputError("nested multipart bodies are not taken")
-                if part.name == "file":
-                    if stored is not None:
-                        raise InvalidInputError("one 'file' field per upload")
-                    stored = await _store_part(jobs, part, max_bytes, purpose)
-                elif part.name == "purpose":
-                    purpose = (await part.read(decode=True))[:MAX_FIELD_BYTES].decode(
-                        errors="replace"
-                    )
-                else:
-                    await part.release()
-    except (TimeoutError, ValueError, HttpProcessingError, InvalidInputError) as exc:
-        if stored is not None:  # a later part failed: the file stored before it goes too
-            await jobs.delete_file(stored.id)
-        if isinstance(exc, InvalidInputError):
-            raise
-        if isinstance(exc, TimeoutError):
+        try:
+            async with asyncio.timeout(UPLOAD_DEADLINE_S):
+                reader = await request.multipart()
+                while (part := await reader.next()) is not None:
+                    if not isinstance(part, BodyPartReader):
+                        raise InvalidInputError("nested multipart bodies are not taken")
+                    if part.name == "file":
+                        if stored is not None:
+                            raise InvalidInputError("one 'file' field per upload")
+                        stored = await _store_part(jobs, part, max_bytes, purpose)
+                    elif part.name == "purpose":
+                        purpose = (await part.read(decode=True))[:MAX_FIELD_BYTES].decode(
+                            errors="replace"
+                        )
+                    else:
+                        await part.release()
+        except TimeoutError:
             raise InvalidInputError("the upload did not arrive in time") from None
-        # aiohttp: a malformed multipart body (ValueError) or part header (HttpProcessingError)
-        message = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
-        raise InvalidInputError(f"malformed multipart body: {message[:100]}") from None
-    if stored is None:
-        raise InvalidInputError("the upload has no 'file' field")
-    if purpose not in PURPOSES:
-        await jobs.delete_file(stored.id)
-        raise InvalidInputError("'purpose' must be 'batch'")
+        except (ValueError, HttpProcessingError) as exc:  # aiohttp: a malformed body, part header
+            message = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+            raise InvalidInputError(f"malformed multipart body: {message[:100]}") from None
+        if stored is None:
+            raise InvalidInputError("the upload has no 'file' field")
+        if purpose not in PURPOSES:
+            raise InvalidInputError("'purpose' must be 'batch'")
+    except BaseException:
+        if stored is not None:  # whatever failed once the file was stored: it goes too
+            await jobs.delete_file(stored.id)
+        raise
     return wire.json_response(file_view(jobs, stored))
 
 
