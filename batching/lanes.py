@@ -159,8 +159,8 @@ class BulkLane(Generic[ItemT, ResultT]):
         batch's time, within `max_size` and `max_tokens` (padded as `config` pads). On a GPU
         below its knee rows cost nothing and the batch fills; on a CPU, where every row costs, a
         small batch takes none. None before the cost is fitted."""
-        if not cost.fitted or config.bulk_rider_share == 0:
-            return []
+        if not self.queue or not cost.fitted or config.bulk_rider_share == 0:
+            return []  # no bulk item queued (interactive traffic alone), or riding is off
         knee, size, longest = cost.knee_tokens, len(batch), max(e.length for e in batch)
         beyond = max(0.0, config.padded_tokens(size, longest) - knee)
         allowed = config.bulk_rider_share * (cost.overhead_tokens + beyond)  # in tokens' time

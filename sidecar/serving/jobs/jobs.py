@@ -178,9 +178,7 @@ class Jobs:
             JobsLockedError: another process holds the jobs directory.
         """
         if self._store is None:
-            raise JobsLockedError(
-                "another sidecar process holds the jobs directory; jobs run here once it lets go"
-            )
+            raise JobsLockedError(spool.LOCKED)
         return self._store
 
     # -- jobs --------------------------------------------------------------------------------

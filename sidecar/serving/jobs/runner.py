@@ -230,12 +230,15 @@ class JobRunner:
         elif job.status is Status.CANCELLING:
             job = await call(store.finish, job.id, Status.CANCELLED)
         self._changed(job)
-        self._turns.pop(job.id, None)
-        self._rates.pop(job.id, None)
+        self._forget(job.id)
+
+    def _forget(self, job_id: str) -> None:
+        """The job ended: its turn and rate go."""
+        self._turns.pop(job_id, None)
+        self._rates.pop(job_id, None)
 
     async def _fail(self, job: Job, message: str) -> None:
-        self._turns.pop(job.id, None)
-        self._rates.pop(job.id, None)
+        self._forget(job.id)
         try:
             failed = await self._call(
                 self._store.transition, job.id, Status.FAILED, f'{{"message": "{message}"}}'

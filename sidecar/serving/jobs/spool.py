@@ -108,6 +108,9 @@ def cut(path: Path, size: int) -> None:
             f.truncate(size)
 
 
+LOCKED = "another sidecar process holds the jobs directory; jobs run here once it lets go"
+
+
 def lock(path: Path) -> int:
     """An exclusive lock on `path` (created), as an open descriptor; closing it lets go.
 
@@ -119,7 +122,5 @@ def lock(path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise JobsLockedError(
-            "another sidecar process holds the jobs directory; jobs run here once it lets go"
-        ) from None
+        raise JobsLockedError(LOCKED) from None
     return fd
