@@ -159,9 +159,8 @@ async def batch_count(s: Running) -> float:
 async def test_cancel_stops_the_job_and_keeps_its_partial_results(
     start_server: StartServer, tiny_embed_dir: Path, tmp_path: Path
 ) -> None:
-    s = await start_jobs(start_server, tiny_embed_dir, tmp_path)
-    job = await submit(s.tcp, {"endpoint": "/v1/predict", "inputs": ["words " * 20] * 50_000})
-    await progress_events(s.tcp, job["id"], lambda j: j["progress"]["completed"] >= 256)
+    long_job = ["words " * 20] * 50_000
+    s, job = await start_mid_job(start_server, tiny_embed_dir, tmp_path, long_job, done=256)
     async with s.uds.post(f"/v1/jobs/{job['id']}/cancel") as r:
         assert r.status == 200
         assert (await r.json())["status"] in ("cancelling", "cancelled")
@@ -203,13 +202,18 @@ async def test_a_running_job_cannot_be_deleted_and_jobs_are_listed_newest_first(
 
 
 async def start_mid_job(
-    start_server: StartServer, model: Path, directory: Path, count: int = 8000
+    start_server: StartServer,
+    model: Path,
+    directory: Path,
+    inputs: list[str] | None = None,
+    done: int = 512,
 ) -> tuple[Running, dict[str, Any]]:
-    """A server on `directory` running a job of `count` inputs, 512 of them done."""
+    """A server on `directory` running a predict job of `inputs` (8 000 numbered lines by
+    default), `done` of them completed."""
     first = await start_jobs(start_server, model, directory)
-    inputs = [f"line {i}" for i in range(count)]
+    inputs = [f"line {i}" for i in range(8000)] if inputs is None else inputs
     job = await submit(first.tcp, {"endpoint": "/v1/predict", "inputs": inputs})
-    await progress_events(first.tcp, job["id"], lambda j: j["progress"]["completed"] >= 512)
+    await progress_events(first.tcp, job["id"], lambda j: j["progress"]["completed"] >= done)
     return first, job
 
 
@@ -359,9 +363,8 @@ async def test_a_large_job_never_blocks_the_event_loop(
 async def test_a_small_job_behind_a_large_one_runs_in_its_turn_not_after_it(
     start_server: StartServer, tiny_embed_dir: Path, tmp_path: Path
 ) -> None:
-    s = await start_jobs(start_server, tiny_embed_dir, tmp_path)
-    large = await submit(s.tcp, {"endpoint": "/v1/predict", "inputs": ["words " * 20] * 50_000})
-    await progress_events(s.tcp, large["id"], lambda j: j["progress"]["completed"] >= 256)
+    long_job = ["words " * 20] * 50_000
+    s, large = await start_mid_job(start_server, tiny_embed_dir, tmp_path, long_job, done=256)
     small = await submit(s.tcp, {"endpoint": "/v1/predict", "inputs": ["a", "b", "c"]})
     done = await wait_status(s.tcp, small["id"])
     assert done["status"] == "completed" and done["progress"]["completed"] == 3
